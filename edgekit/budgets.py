@@ -1,0 +1,56 @@
+"""Budgets: one TOML file (benchmarks/budgets.toml), every budget with its source. Used by the pytest suite and `edgekit bench`.
+
+    budgets = load_budgets()                      # benchmarks/budgets.toml
+    check(budgets, "gpt.decode_speedup_vs_torch", measured=11.3)   # raises BudgetError naming all three
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import tomllib
+
+# The one budgets file lives with the benchmark suite at the repository's top level.
+DEFAULT = Path(__file__).resolve().parent.parent / "benchmarks" / "budgets.toml"
+
+
+class BudgetError(AssertionError):
+    """A measured value broke its budget."""
+
+
+def load_budgets(path: str | os.PathLike | None = None) -> dict:
+    """Flatten ``[family.name]`` tables into {"family.name": {min|max, unit, source}}."""
+    with open(path or os.environ.get("EDGEKIT_BUDGETS", DEFAULT), "rb") as f:
+        data = tomllib.load(f)
+    out = {}
+    for family, table in data.items():
+        for name, b in table.items():
+            if not isinstance(b, dict) or not ({"min", "max"} & b.keys()) or "source" not in b:
+                raise ValueError(f"budget {family}.{name} needs min or max and a source")
+            out[f"{family}.{name}"] = b
+    return out
+
+
+def evaluate(budget: dict, measured: float) -> bool:
+    ok = True
+    if "min" in budget:
+        ok &= measured >= budget["min"]
+    if "max" in budget:
+        ok &= measured <= budget["max"]
+    return bool(ok)
+
+
+def describe(name: str, budget: dict, measured: float) -> str:
+    bound = " and ".join(f"{'>=' if k == 'min' else '<='} {budget[k]:g}" for k in ("min", "max") if k in budget)
+    unit = budget.get("unit", "")
+    return f"budget {name}: measured {measured:.4g} {unit}, budget {bound} {unit} (source: {budget['source']})"
+
+
+def check(budgets: dict, name: str, measured: float) -> str:
+    """Return the description when the budget holds; raise BudgetError with it when broken."""
+    if name not in budgets:
+        raise KeyError(f"no budget named {name!r} in the budgets file")
+    text = describe(name, budgets[name], measured)
+    if not evaluate(budgets[name], measured):
+        raise BudgetError("BROKEN " + text)
+    return text

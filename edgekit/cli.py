@@ -1,0 +1,244 @@
+"""The edgekit command line. Heavy modules (torch, onnx) are imported inside commands only.
+
+    edgekit presets
+    edgekit train phase3 --out runs/p3
+    edgekit export runs/p3/phase3.pt [--quant auto|fp32|int8|int4] [-o model.onnx]
+    edgekit infer runs/p3/phase3.onnx "def get_"
+    edgekit inspect runs/p3/phase3.onnx
+    edgekit bench runs/p3/phase3.onnx --budget benchmarks/budgets.toml
+
+Errors print one line ``edgekit: error: ...`` on stderr and exit non-zero; EDGEKIT_DEBUG=1 shows tracebacks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from edgekit.errors import EdgekitError
+from edgekit.options import ExportOptions, TrainOptions
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_BUDGET = 3
+
+
+def _debug() -> bool:
+    return os.environ.get("EDGEKIT_DEBUG", "") not in ("", "0")
+
+
+def _fail(message: str, code: int = EXIT_ERROR):
+    click.echo(f"edgekit: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+class _Group(click.Group):
+    """Turns every exception into one ``edgekit: error:`` line (tracebacks only with EDGEKIT_DEBUG=1)."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+            if isinstance(rv, int) and rv:
+                sys.exit(rv)
+            return rv
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted", 130)
+        except click.UsageError as e:
+            hint = f" (see 'edgekit {e.ctx.info_name} --help')" if e.ctx and e.ctx.parent else " (see 'edgekit --help')"
+            _fail(_one_line(e) + hint, EXIT_USAGE)
+        except click.ClickException as e:
+            _fail(_one_line(e), EXIT_USAGE)
+        except EdgekitError as e:
+            if _debug():
+                raise
+            _fail(_one_line(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except BrokenPipeError:
+            sys.exit(0)
+        except MemoryError:
+            if _debug():
+                raise
+            _fail("out of memory")
+        except Exception as e:  # a bug, not bad input: say so in one line, keep the traceback behind the flag
+            if _debug():
+                raise
+            _fail(f"unexpected {type(e).__name__}: {_one_line(e)} (set EDGEKIT_DEBUG=1 for the traceback)")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgekit", prog_name="edgekit")
+def cli():
+    """Small PyTorch models from training to fast CPU inference."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def presets(as_json):
+    """List every preset with its family and exact parameter count."""
+    from edgekit.models.registry import FAMILIES
+
+    rows = []
+    for fam in FAMILIES.values():
+        models = fam.models()
+        for name, p in models.PRESETS.items():
+            rows.append({"preset": name, "family": fam.name, "params": int(models.num_params(p)), "note": p.note})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'preset':<14}{'family':<9}{'params':>12}  note")
+    for r in rows:
+        click.echo(f"{r['preset']:<14}{r['family']:<9}{r['params']:>12,}  {r['note']}")
+
+
+@cli.command()
+@click.argument("preset")
+@click.option("--out", default=None, help="Output folder (default runs/<preset>).")
+@click.option("--data", default=None, help="Corpus folder or file (default: the family's built-in real data).")
+@click.option("--tokens", type=int, default=None, help="Cap the dataset at N tokens (items for non-text families).")
+@click.option("--full-corpus", is_flag=True, help="Use all the data, ignoring the preset's token cap.")
+@click.option("--max-iters", type=int, default=None)
+@click.option("--eval-interval", type=int, default=None)
+@click.option("--patience", type=int, default=None, help="Evaluations without val improvement before stopping.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--seed", type=int, default=1337, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--time-budget", type=float, default=None, help="Stop after this many seconds of training.")
+@click.option("--set", "extra", multiple=True, help="Family-specific option KEY=VALUE.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def train(preset, out, data, tokens, full_corpus, max_iters, eval_interval, patience, batch_size, lr, seed, resume,
+          device, time_budget, extra, quiet, as_json):
+    """Train PRESET on real data with early stopping; writes checkpoint, log and curves."""
+    for name, v, lo in (("--tokens", tokens, 2), ("--max-iters", max_iters, 1), ("--eval-interval", eval_interval, 1),
+                        ("--patience", patience, 1), ("--batch-size", batch_size, 1)):
+        if v is not None and v < lo:
+            raise click.BadParameter(f"must be at least {lo}; got {v}", param_hint=name)
+    if lr is not None and not (0 < lr < 1):
+        raise click.BadParameter(f"must be in (0, 1); got {lr}", param_hint="--lr")
+    if time_budget is not None and not time_budget > 0:
+        raise click.BadParameter(f"must be positive; got {time_budget}", param_hint="--time-budget")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise click.BadParameter(f"must be cpu or cuda; got {device!r}", param_hint="--device")
+    for kv in extra:
+        if "=" not in kv:
+            raise click.BadParameter(f"expected KEY=VALUE; got {kv!r}", param_hint="--set")
+    from edgekit.models.registry import find_preset
+
+    fam, p = find_preset(preset)
+    opts = TrainOptions(out=out or os.path.join("runs", preset), data=data, tokens=tokens, max_iters=max_iters,
+                        eval_interval=eval_interval, patience=patience, batch_size=batch_size, lr=lr, seed=seed,
+                        resume=resume, device=device, full_corpus=full_corpus, progress=not quiet,
+                        time_budget=time_budget, extra=tuple(extra))
+    summary = fam.trainer().train(preset, opts)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        click.echo(f"checkpoint: {summary['checkpoint']}")
+
+
+QUANT_CHOICES = ["auto", "fp32", "int8", "int8-dynamic", "int8-nbits", "int8-static", "int4"]
+
+
+@cli.command()
+@click.argument("checkpoint")
+@click.option("-o", "--out", default=None, help="Output .onnx path (default: next to the checkpoint).")
+@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="auto", show_default=True,
+              help="Quantization scheme; auto picks the smallest that is not slower than fp32 and within budget.")
+@click.option("--meta", default=None, help="nanoGPT character-level meta.pkl.")
+@click.option("--data", default=None, help="Held-out data for the quality checks (default: the family's).")
+@click.option("--threads", type=int, default=1, show_default=True, help="Threads for the speed measurements.")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def export(checkpoint, out, quant, meta, data, threads, quiet, as_json):
+    """Export CHECKPOINT to one verified, quantized, self-describing .onnx file."""
+    if threads < 1:
+        raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
+    from edgekit.fileio import check_writable_target
+    from edgekit.models.registry import get_family
+    from edgekit.train.checkpoint import load_checkpoint
+
+    target = out or os.path.splitext(checkpoint)[0] + ".onnx"
+    check_writable_target(target, inputs=(checkpoint, meta))
+    ckpt = load_checkpoint(checkpoint, meta=meta)
+    opts = ExportOptions(out=target, quant=quant, meta=meta, data=data, threads=threads, progress=not quiet)
+    report = get_family(ckpt.family).exporter().export(ckpt, opts)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        click.echo(report.table())
+        click.echo(f"wrote {report.output} ({report.scheme}, {os.path.getsize(report.output):,} bytes) "
+                   f"in {report.seconds:.1f}s")
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("model")
+@click.argument("inputs", nargs=-1)
+@click.option("--max-new-tokens", type=int, default=None, help="Tokens to generate (GPT).")
+@click.option("--temperature", type=float, default=None, help="0 = greedy (GPT).")
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
+def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop, threads, as_json):
+    """Run MODEL on INPUTS: a prompt (GPT), words (bytecnn) or a .npy/text (vector families); '-' reads stdin."""
+    if threads is not None and threads < 1:
+        raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
+    from edgekit.models.registry import FAMILIES
+    from edgekit.runtime import load
+
+    lm = load(model, threads=threads)
+    module = __import__(FAMILIES[lm.family].runtime_module, fromlist=["infer_cli"])
+    opts = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+            "seed": seed, "stop": list(stop), "json": as_json}
+    return module.infer_cli(lm, list(inputs), opts)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True)
+def inspect(model, as_json):
+    """Show MODEL's metadata, operator counts and size breakdown."""
+    from edgekit.export.inspect import inspect_model, render
+
+    info = inspect_model(model)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else render(info))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--budget", "budget_file", default=None, help="Budgets TOML (default: edgekit's budgets for the family).")
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench(model, budget_file, threads, as_json):
+    """Measure MODEL like the benchmark suite; exit 3 when a budget is broken."""
+    if threads < 1:
+        raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
+    from edgekit.runtime.bench import bench_model, render_table
+
+    result = bench_model(model, budget_file=budget_file, threads=threads)
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else render_table(result))
+    if any(not r["ok"] for r in result["rows"]):
+        sys.exit(EXIT_BUDGET)
+
+
+def main():
+    cli(prog_name="edgekit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Export steps shared by every family: a chain of pure steps with keyword-only arguments.
+
+    m = to_onnx(module, args=(x,), input_names=["x"], output_names=["y"], dynamic_shapes={...})
+    m = simplify(m)                        # onnxsim; dynamic axes checked to stay symbolic
+    q = quantize_int8(m)                   # onnxruntime.quantization.quantize_dynamic
+    write_model(q, path=out, meta={...})   # metadata embedded, atomic write, one self-contained file
+
+Each step returns a new ``onnx.ModelProto``; ``StepRecord`` rows make the export report table.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import edgekit
+from edgekit.errors import ExportError
+from edgekit.fileio import atomic_path
+from edgekit.runtime.modelfile import FORMAT_VERSION, META_KEY, session_options
+
+OPSET = 18
+
+
+@dataclass
+class StepRecord:
+    """One row of the export report."""
+
+    step: str  # export, simplify, optimize, quantize:<scheme>, ...
+    bytes: int  # serialized model size after the step
+    parity: dict  # figure name -> value (max_abs_diff, val_loss_delta_pct, greedy_agreement, ...)
+    seconds: float  # wall time of the step including its verification
+    ok: bool = True  # within its budget
+    note: str = ""  # why skipped or failed
+
+
+@dataclass
+class ExportReport:
+    output: str
+    family: str
+    scheme: str
+    steps: list[StepRecord] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        rows = [("step", "size", "parity", "time", "status")]
+        for s in self.steps:
+            par = ", ".join(f"{k}={_fmt(v)}" for k, v in s.parity.items())
+            rows.append((s.step, _human_bytes(s.bytes), par, f"{s.seconds:.1f}s",
+                         ("ok" + (f" ({s.note})" if s.note else "")) if s.ok else f"FAIL {s.note}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.4f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    return model.ByteSize()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' chatter (warnings, progress prints) unless EDGEKIT_DEBUG is set."""
+    if os.environ.get("EDGEKIT_DEBUG"):
+        yield
+        return
+    sink = io.StringIO()
+    old = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(old)
+
+
+def to_onnx(module, *, args: tuple, input_names: list[str], output_names: list[str], dynamic_shapes,
+            dim_names: dict[str, str] | None = None, opset: int = OPSET) -> onnx.ModelProto:
+    """torch.onnx.export (dynamo) into memory: no external data, symbolic dims renamed to ``dim_names``."""
+    import torch
+
+    t0 = time.time()
+    with _quiet(), torch.no_grad():
+        try:
+            prog = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
+                                     dynamic_shapes=dynamic_shapes, dynamo=True, external_data=False,
+                                     opset_version=opset, optimize=True, verbose=False)
+        except Exception as e:
+            raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0][:200]}") from e
+    model = prog.model_proto
+    if dim_names:
+        rename_dims(model, dim_names)
+    model.doc_string = f"exported by edgekit {edgekit.__version__} in {time.time() - t0:.1f}s"
+    return model
+
+
+def rename_dims(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
+    """Rename symbolic dims (the exporter's s53-style names) on graph inputs and outputs, in place."""
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in mapping:
+                d.dim_param = mapping[d.dim_param]
+
+
+def symbolic_dims(model: onnx.ModelProto) -> dict[str, list]:
+    """Input and output name -> shape with symbolic names kept (for checking dynamic axes survive)."""
+    out = {}
+    for vi in list(model.graph.input) + list(model.graph.output):
+        out[vi.name] = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+    return out
+
+
+def check_dynamic(before: onnx.ModelProto, after: onnx.ModelProto, *, step: str) -> None:
+    """Fail when a step froze an axis that was symbolic before it."""
+    a, b = symbolic_dims(before), symbolic_dims(after)
+    frozen = [f"{name}[{i}]" for name, dims in a.items() for i, d in enumerate(dims)
+              if isinstance(d, str) and d and name in b and i < len(b[name]) and not isinstance(b[name][i], str)]
+    if frozen:
+        raise ExportError(f"{step} froze dynamic axes {', '.join(frozen)}")
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim with dynamic shapes kept symbolic; the caller verifies outputs afterwards."""
+    import onnxsim
+
+    with _quiet():
+        try:
+            simplified, ok = onnxsim.simplify(model, check_n=0, perform_optimization=True,
+                                              skip_shape_inference=False)
+        except Exception as e:
+            raise ExportError(f"onnxsim failed: {str(e).splitlines()[0][:200]}") from e
+    if not ok:
+        raise ExportError("onnxsim could not validate the simplified model")
+    check_dynamic(model, simplified, step="simplify")
+    return simplified
+
+
+def quantize_int8(model: onnx.ModelProto, *, op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather"),
+                  per_channel: bool = False, exclude_nodes: list[str] | None = None) -> onnx.ModelProto:
+    """onnxruntime.quantization.quantize_dynamic: int8 weights, activations quantized on the fly."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as d, _quiet():
+        src, dst = os.path.join(d, "in.onnx"), os.path.join(d, "out.onnx")
+        onnx.save(model, src)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
+                         per_channel=per_channel, nodes_to_exclude=exclude_nodes or [],
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        return onnx.load(dst)
+
+
+def quantize_nbits(model: onnx.ModelProto, *, bits: int = 4, block_size: int = 32,
+                   include_gather: bool = True) -> onnx.ModelProto:
+    """Weight-only block quantization: MatMul -> MatMulNBits (and Gather -> GatherBlockQuantized)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    op_types = ("MatMul", "Gather") if include_gather else ("MatMul",)
+    quant_axes = (("MatMul", 0), ("Gather", 1)) if include_gather else (("MatMul", 0),)
+    with _quiet():
+        cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=bits,
+                                           op_types_to_quantize=op_types, quant_axes=quant_axes)
+        q = MatMulNBitsQuantizer(model, algo_config=cfg)
+        q.process()
+        return q.model.model
+
+
+def session(model: onnx.ModelProto | str | os.PathLike, *, threads: int | None = 1) -> ort.InferenceSession:
+    """An onnxruntime CPU session from a ModelProto or a path (used for verification and timing)."""
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def max_abs_diff(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def embed_metadata(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
+    """Store edgekit's metadata (one JSON object under the ``edgekit`` key) in the model."""
+    full = {"format": FORMAT_VERSION, "edgekit_version": edgekit.__version__, **meta}
+    for prop in list(model.metadata_props):
+        if prop.key == META_KEY:
+            model.metadata_props.remove(prop)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        META_KEY: json.dumps(full, separators=(",", ":"))})
+    model.producer_name = "edgekit"
+    model.producer_version = edgekit.__version__
+    return model
+
+
+def write_model(model: onnx.ModelProto, *, path: str | os.PathLike, meta: dict) -> Path:
+    """Embed metadata and write one self-contained .onnx atomically (no external data, < 2 GB)."""
+    model = embed_metadata(model, meta)
+    if model.ByteSize() >= 2 * 1024**3:
+        raise ExportError("model is 2 GB or larger; a single-file .onnx cannot hold it")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(model.SerializeToString())
+    return path
+
+
+def size_breakdown(model: onnx.ModelProto) -> dict[str, int]:
+    """Initializer bytes by the first part of their names, for `edgekit inspect`."""
+    out: dict[str, int] = {}
+    for init in model.graph.initializer:
+        out[init.name] = out.get(init.name, 0) + len(init.raw_data) if init.raw_data else \
+            onnx.numpy_helper.to_array(init).nbytes
+    return out

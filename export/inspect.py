@@ -1,0 +1,77 @@
+"""`edgekit inspect`: a model file's metadata, operator counts and size breakdown.
+
+    info = inspect_model("phase3.onnx"); print(render(info))
+"""
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+import onnx
+
+from edgekit.errors import ModelFileError
+from edgekit.runtime.modelfile import META_KEY, parse_metadata
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    if t.raw_data:
+        return len(t.raw_data)
+    return int(onnx.numpy_helper.to_array(t).nbytes)
+
+
+def _part(name: str) -> str:
+    """Which part of a GPT a weight belongs to (other families: everything is 'weights')."""
+    if "wte" in name or "lm_head" in name:
+        return "token_embedding"
+    if "wpe" in name:
+        return "position_embedding"
+    return "transformer"
+
+
+def inspect_model(path: str | os.PathLike) -> dict:
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"model file {path!r} does not exist")
+    try:
+        m = onnx.load(path)
+    except Exception as e:  # protobuf raises DecodeError and others for corrupt files
+        raise ModelFileError(f"{path} is not an ONNX model ({type(e).__name__})") from None
+    meta = parse_metadata({p.key: p.value for p in m.metadata_props}.get(META_KEY), path=path)
+    ops = collections.Counter(n.op_type for n in m.graph.node)
+    sizes: dict[str, int] = collections.Counter()
+    for init in m.graph.initializer:
+        sizes[_part(init.name) if meta["family"] == "gpt" else "weights"] += _tensor_bytes(init)
+    shown = {k: v for k, v in meta.items() if k != "tokenizer"}
+    tok = meta.get("tokenizer") or {}
+    shown["tokenizer"] = {k: (f"<{len(v.split())} ranks inline>" if k == "ranks" else
+                              f"<{len(v)} characters inline>" if k == "itos" else v) for k, v in tok.items()}
+    return {"path": path, "file_bytes": os.path.getsize(path), "metadata": shown,
+            "operators": dict(ops.most_common()), "size_breakdown": dict(sizes),
+            "inputs": {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input},
+            "outputs": {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in m.graph.output}}
+
+
+def render(info: dict) -> str:
+    meta = info["metadata"]
+    lines = [f"{info['path']}: {info['file_bytes']:,} bytes, family {meta['family']}, "
+             f"edgekit {meta.get('edgekit_version', '?')}"]
+    lines.append("config: " + ", ".join(f"{k}={v}" for k, v in meta["config"].items()))
+    if meta.get("tokenizer"):
+        lines.append("tokenizer: " + ", ".join(f"{k}={v}" for k, v in meta["tokenizer"].items()))
+    if meta.get("quantization"):
+        lines.append("quantization: " + ", ".join(f"{k}={v}" for k, v in meta["quantization"].items()))
+    final = (meta.get("verification") or {}).get("final")
+    if final:
+        lines.append("verification: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in final.items()))
+    if meta.get("source_sha256"):
+        lines.append(f"source: {meta.get('source_checkpoint')} sha256 {meta['source_sha256'][:16]}...")
+    lines.append("inputs: " + ", ".join(f"{k}{v}" for k, v in list(info["inputs"].items())[:4])
+                 + (" ..." if len(info["inputs"]) > 4 else ""))
+    lines.append("size breakdown:")
+    total = sum(info["size_breakdown"].values()) or 1
+    for k, v in sorted(info["size_breakdown"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {k:<20}{v:>14,} bytes  {100 * v / total:5.1f}%")
+    lines.append("operators: " + ", ".join(f"{k} {v}" for k, v in info["operators"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""nanoGPT-architecture decoder (GPT-2 blocks, tied embeddings) with a KV-cache path for export.
+
+    from edgekit.models.gpt import GPT, GPTConfig, PRESETS
+    model = GPT(PRESETS["phase3"].model)            # state-dict names match karpathy/nanoGPT
+    logits, loss = model(idx, targets)              # training forward, (B, T, V)
+    logits, present = model.forward_cached(idx, mask, past)   # last-position logits + new cache
+
+Parameter names follow nanoGPT's model.py exactly, so its ``ckpt.pt`` files load unchanged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    block_size: int = 64  # longest context in tokens (position embeddings)
+    vocab_size: int = 50257  # tokenizer size; nanoGPT pads GPT-2's to 50304
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads per block
+    n_embd: int = 96  # model width (channels)
+    dropout: float = 0.0  # dropout probability in training
+    bias: bool = True  # biases in Linear and LayerNorm, like GPT-2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    max_iters: int = 2000  # optimizer steps at most (early stopping may end sooner)
+    batch_size: int = 12  # sequences per step
+    lr: float = 3e-4  # peak learning rate (AdamW), warmup then cosine decay
+    eval_interval: int = 150  # steps between train/val evaluations
+    eval_iters: int = 20  # batches averaged per evaluation
+    patience: int = 5  # evaluations without val improvement before stopping
+    tokens: int | None = None  # cap on dataset tokens (the notes' phases used 1k-23k); None = whole corpus
+    weight_decay: float = 0.1  # AdamW decay on 2-D weights
+
+
+@dataclass(frozen=True)
+class GPTPreset:
+    name: str
+    model: GPTConfig
+    train: TrainDefaults
+    tokenizer: str = "gpt2"  # "gpt2" (offline GPT-2 BPE) or "bpe:<size>" (trained by edgekit)
+    note: str = ""  # where the configuration comes from
+    family: str = field(default="gpt", init=False)
+
+
+# The research notes' phases (notes/004) and the showcase model (notes/002).
+PRESETS: dict[str, GPTPreset] = {
+    "phase0": GPTPreset("phase0", GPTConfig(128, 50257, 6, 6, 384), TrainDefaults(500, 4, 1e-3, 50, tokens=1000),
+                        note="notes 004 phase 0: 30M params on 1k tokens, overfit (gap 6.90)"),
+    "phase1": GPTPreset("phase1", GPTConfig(16, 50257, 2, 2, 32), TrainDefaults(500, 4, 1e-3, 50, tokens=1000),
+                        note="notes 004 phase 1: embedding is 98% of the parameters"),
+    "phase2": GPTPreset("phase2", GPTConfig(32, 50257, 3, 4, 64), TrainDefaults(1000, 8, 5e-4, 100, tokens=5000),
+                        note="notes 004 phase 2: best generalization (gap 0.17)"),
+    "phase3": GPTPreset("phase3", GPTConfig(64, 50257, 4, 4, 96), TrainDefaults(2000, 12, 3e-4, 150, tokens=15000),
+                        note="notes 004 phase 3: the recommended model"),
+    "phase4": GPTPreset("phase4", GPTConfig(128, 50257, 4, 4, 128), TrainDefaults(3000, 16, 1e-4, 200, tokens=23000),
+                        note="notes 004 phase 4: overtrained without early stopping"),
+    "soma": GPTPreset("soma", GPTConfig(128, 576, 3, 4, 128), TrainDefaults(1500, 16, 1e-3, 100, tokens=None),
+                      tokenizer="bpe:576", note="notes 002 showcase: 3 layers, 4 heads, d_model 128, 576-token vocabulary"),
+}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1); nanoGPT's names."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.n_head = cfg.n_head
+        self.n_embd = cfg.n_embd
+        self.dropout = cfg.dropout
+
+    def _heads(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        shape = (B, T, self.n_head, C // self.n_head)
+        return (t.view(shape).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self._heads(x)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def forward_cached(self, x, bias, past_k, past_v):
+        """x (B, T, C); bias (B, 1, T, P+T) additive mask; past (B, nh, P, hs) -> y, present k, v."""
+        B, T, C = x.shape
+        q, k, v = self._heads(x)
+        k = torch.cat([past_k, k], dim=2)  # (B, nh, P+T, hs)
+        v = torch.cat([past_v, v], dim=2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1))) + bias  # (B, nh, T, P+T)
+        y = F.softmax(att, dim=-1) @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.c_proj(y), k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x, bias, past_k, past_v):
+        a, k, v = self.attn.forward_cached(self.ln_1(x), bias, past_k, past_v)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), k, v
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+            ln_f=LayerNorm(cfg.n_embd, bias=cfg.bias),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as nanoGPT
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Unique parameters, tied head counted once, position embeddings included."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) -> logits (B, T, V) and mean cross-entropy when targets are given."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} exceeds block size {self.config.block_size}")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def forward_cached(self, idx, attention_mask, past: list[torch.Tensor]):
+        """One prefill or decode step with a KV cache.
+
+        idx (B, T) new tokens; attention_mask (B, P+T) with 1 for real tokens, 0 for left padding;
+        past: 2*n_layer tensors (B, nh, P, hs), keys then values per layer.
+        Returns last-position logits (B, V) and the 2*n_layer present tensors (B, nh, P+T, hs).
+        Positions come from the mask (cumsum - 1), so left-padded batches get the right positions.
+        """
+        B, T = idx.shape
+        P = past[0].shape[2]
+        mask = attention_mask.to(torch.long)
+        pos = (torch.cumsum(mask, dim=1) - 1).clamp(min=0)[:, P:]  # (B, T)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        # additive mask: causal within the window, and no attention to padding
+        q_pos = torch.arange(T, device=idx.device).unsqueeze(1) + P  # (T, 1)
+        k_pos = torch.arange(P + T, device=idx.device).unsqueeze(0)  # (1, P+T)
+        allowed = (k_pos <= q_pos).unsqueeze(0) & mask.bool().unsqueeze(1)  # (B, T, P+T)
+        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, -1e4).unsqueeze(1)
+        present = []
+        for i, block in enumerate(self.transformer.h):
+            x, k, v = block.forward_cached(x, bias, past[2 * i], past[2 * i + 1])
+            present += [k, v]
+        logits = self.lm_head(self.transformer.ln_f(x[:, -1, :]))  # (B, V) last position only
+        return logits, present
+
+    def empty_cache(self, batch: int = 1) -> list[torch.Tensor]:
+        cfg = self.config
+        hs = cfg.n_embd // cfg.n_head
+        return [torch.zeros(batch, cfg.n_head, 0, hs) for _ in range(2 * cfg.n_layer)]
+
+
+def strip_compile_prefix(state_dict: dict) -> dict:
+    """Drop torch.compile's ``_orig_mod.`` prefix and nanoGPT's non-parameter causal-mask buffers."""
+    out = {}
+    for k, v in state_dict.items():
+        k = k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k
+        if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias"):
+            continue
+        out[k] = v
+    return out
+
+
+def build(config: dict) -> GPT:
+    """Build a GPT from a config dict (nanoGPT ``model_args`` or edgekit's), ignoring unknown keys."""
+    fields = GPTConfig.__dataclass_fields__
+    return GPT(GPTConfig(**{k: v for k, v in config.items() if k in fields}))
+
+
+def preset_config(preset: GPTPreset) -> dict:
+    return preset.model.to_dict()
+
+
+def num_params(preset: GPTPreset) -> int:
+    with torch.device("meta"):
+        return GPT(preset.model).num_params()

@@ -1,0 +1,176 @@
+"""Checkpoints: nanoGPT's format plus edgekit's self-description, written atomically, read safely.
+
+    save_checkpoint(path, model=m, model_args=cfg, family="gpt", tokenizer=spec, iter_num=i, ...)
+    ckpt = load_checkpoint("runs/p3/phase3.pt")      # or a karpathy/nanoGPT ckpt.pt
+    model = ckpt.build_model()
+
+Loading never executes code from the file: ``torch.load(weights_only=True)`` only, and a file that
+needs arbitrary unpickling is refused. nanoGPT checkpoints (no ``family`` key) are GPT with the
+GPT-2 tokenizer unless ``meta`` (a character-level ``meta.pkl``) is given.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import edgekit
+from edgekit.errors import CheckpointError
+from edgekit.fileio import atomic_path
+from edgekit.models.registry import FAMILIES, get_family
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    family: str  # registry key
+    model_args: dict  # architecture config
+    state_dict: dict  # parameter name -> tensor, compile prefix stripped
+    tokenizer: dict | None  # tokenizer spec (runtime.tokenizer.from_spec) or None for vector families
+    iter_num: int = 0
+    best_val_loss: float | None = None
+    config: dict = field(default_factory=dict)  # training configuration
+    extra: dict = field(default_factory=dict)  # everything else (optimizer, rng state, log)
+    sha256: str = ""
+    source: str = "edgekit"  # "edgekit" or "nanogpt"
+
+    def build_model(self):
+        """Instantiate the family's model and load the weights strictly, in eval mode."""
+        models = get_family(self.family).models()
+        try:
+            model = models.build(self.model_args)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise CheckpointError(f"checkpoint {self.path}: model_args do not describe a valid "
+                                  f"{self.family} model ({e})") from e
+        missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {self.path}: weights do not match model_args "
+                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        return model.eval()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, *, model, model_args: dict, family: str, tokenizer: dict | None,
+                    iter_num: int, best_val_loss: float | None, config: dict, **extra) -> Path:
+    """Write atomically: nanoGPT's keys (model, model_args, iter_num, best_val_loss, config) + edgekit's."""
+    obj = {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "model_args": dict(model_args),
+        "iter_num": int(iter_num),
+        "best_val_loss": None if best_val_loss is None else float(best_val_loss),
+        "config": dict(config),
+        "family": family,
+        "tokenizer": tokenizer,
+        "edgekit_version": edgekit.__version__,
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "weights_only" in msg.lower() or "unsupported global" in msg.lower() or "weights only" in msg.lower():
+            raise CheckpointError(
+                f"refusing to load {path}: it needs arbitrary unpickling (code could run); edgekit loads "
+                "only tensors and plain data (torch.load weights_only=True)") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({msg.splitlines()[0][:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError, AttributeError,
+            IndexError, TypeError, UnicodeDecodeError, MemoryError, OverflowError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
+
+
+def load_meta_pkl(path: str | Path) -> dict:
+    """nanoGPT's character-level meta.pkl, read with an unpickler that refuses every global."""
+
+    class _NoGlobals(pickle.Unpickler):
+        def find_class(self, module, name):
+            raise CheckpointError(f"refusing {path}: meta.pkl references {module}.{name}; only plain data is allowed")
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"meta file {str(path)!r} does not exist")
+    try:
+        meta = _NoGlobals(io.BytesIO(path.read_bytes())).load()
+    except CheckpointError:
+        raise
+    except Exception as e:  # any malformed pickle: report it as bad input
+        raise CheckpointError(f"{path} is not a readable meta.pkl ({type(e).__name__}: {e})") from None
+    itos = meta.get("itos") if isinstance(meta, dict) else None
+    if not isinstance(itos, dict) or not itos:
+        raise CheckpointError(f"{path} has no 'itos' character table")
+    try:
+        table = [itos[i] for i in range(len(itos))]
+    except KeyError:
+        raise CheckpointError(f"{path}: 'itos' must map 0..n-1 to characters") from None
+    return {"kind": "char", "itos": table}
+
+
+def _check_finite(path: Path, state: dict) -> None:
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"checkpoint {path}: state entry {k!r} is not a tensor")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"checkpoint {path}: weight {k!r} contains NaN or infinite values")
+
+
+def load_checkpoint(path: str | Path, *, meta: str | Path | None = None) -> Checkpoint:
+    """Read an edgekit or karpathy/nanoGPT checkpoint, validating everything export needs."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder; give the .pt file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty")
+    obj = _torch_load(path)
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise CheckpointError(f"{path} is not an edgekit or nanoGPT checkpoint (expected a dict with 'model')")
+    family = obj.get("family", "gpt")
+    if family not in FAMILIES:
+        raise CheckpointError(f"checkpoint {path} has family {family!r}; known: {', '.join(FAMILIES)}")
+    model_args = obj.get("model_args")
+    if not isinstance(model_args, dict) or not model_args:
+        raise CheckpointError(f"checkpoint {path} has no 'model_args' dict describing the architecture")
+    state = obj["model"]
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"checkpoint {path}: 'model' must be a non-empty state dict")
+    from edgekit.models.gpt import strip_compile_prefix  # the prefix rule is shared by every family
+
+    state = strip_compile_prefix(state)
+    _check_finite(path, state)
+    source = "edgekit" if "family" in obj else "nanogpt"
+    tokenizer = obj.get("tokenizer")
+    if meta is not None:
+        tokenizer = load_meta_pkl(meta)
+    elif source == "nanogpt":
+        tokenizer = {"kind": "gpt2"}
+    best = obj.get("best_val_loss")
+    best = float(best) if isinstance(best, (int, float, torch.Tensor)) else None
+    if best is not None and not math.isfinite(best):
+        best = None
+    known = {"model", "model_args", "iter_num", "best_val_loss", "config", "family", "tokenizer"}
+    return Checkpoint(
+        path=path, family=family, model_args=dict(model_args), state_dict=state, tokenizer=tokenizer,
+        iter_num=int(obj.get("iter_num", 0) or 0), best_val_loss=best,
+        config=obj.get("config") if isinstance(obj.get("config"), dict) else {},
+        extra={k: v for k, v in obj.items() if k not in known}, sha256=file_sha256(path), source=source)

@@ -1,0 +1,96 @@
+"""DistributedDataParallel plumbing for torchrun: gloo on CPU, nccl on CUDA, rank 0 does the I/O.
+
+    torchrun --nproc_per_node=2 -m edgekit.train phase2 --out runs/p2
+
+Without torchrun's environment (RANK, WORLD_SIZE) everything here is a no-op on one process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+_DEVICE = "cpu"
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> Context:
+    """Join the process group when launched by torchrun; pick this rank's device."""
+    global _DEVICE
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            from edgekit.errors import UsageError
+
+            raise UsageError("--device cuda: no CUDA device is available on this machine; use --device cpu")
+        _DEVICE = f"cuda:{local}" if world > 1 else device
+        torch.cuda.set_device(torch.device(_DEVICE))
+    else:
+        _DEVICE = "cpu"
+    if world > 1 and not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return Context(rank=rank, world_size=world, local_rank=local)
+
+
+def teardown() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def device() -> str:
+    return _DEVICE
+
+
+def world() -> int:
+    return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
+
+
+def rank() -> int:
+    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
+
+
+def wrap(model):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[torch.device(_DEVICE).index] if _DEVICE.startswith("cuda") else None)
+
+
+def shard(t: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous slice of a global batch (dimension 0)."""
+    w = world()
+    if w == 1:
+        return t
+    n = t.shape[0] // w
+    return t[rank() * n:(rank() + 1) * n]
+
+
+def mean_dict(d: dict[str, float]) -> dict[str, float]:
+    """Average scalar metrics over ranks so every rank takes the same early-stopping decision."""
+    if world() == 1:
+        return d
+    keys = sorted(d)
+    t = torch.tensor([d[k] for k in keys], dtype=torch.float64, device=_DEVICE)
+    tdist.all_reduce(t)
+    return {k: float(v) / world() for k, v in zip(keys, t.tolist())}
+
+
+def broadcast_object(obj):
+    """Rank 0's object on every rank (e.g. a freshly trained tokenizer)."""
+    if world() == 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
