@@ -107,9 +107,17 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
-    def forward_cached(self, x, bias, past_k, past_v):
-        """x (B, T, C); bias (B, 1, T, P+T) additive mask; past (B, nh, P, hs) -> y, present k, v."""
+    def forward_cached(self, x, bias, past_k, past_v, mask=None):
+        """x (B, T, C); bias (B, 1, T, P+T) additive mask; past (B, nh, P, hs) -> y, present k, v.
+
+        With ``mask`` (B, P+T) given, attention runs as one ``edgekit::cached_attention`` op, which
+        export maps to onnxruntime's fused MultiHeadAttention (bias is then unused).
+        """
         B, T, C = x.shape
+        if mask is not None:
+            q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+            y, k, v = torch.ops.edgekit.cached_attention(q, k, v, mask, past_k, past_v, self.n_head)
+            return self.c_proj(y), k, v
         q, k, v = self._heads(x)
         k = torch.cat([past_k, k], dim=2)  # (B, nh, P+T, hs)
         v = torch.cat([past_v, v], dim=2)
@@ -117,6 +125,36 @@ class CausalSelfAttention(nn.Module):
         y = F.softmax(att, dim=-1) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.c_proj(y), k, v
+
+
+def _causal_bias(mask: torch.Tensor, T: int, dtype) -> torch.Tensor:
+    """(B, P+T) padding mask -> (B, 1, T, P+T) additive bias: causal within the window, no padding."""
+    P = mask.shape[1] - T
+    q_pos = torch.arange(T, device=mask.device).unsqueeze(1) + P  # (T, 1)
+    k_pos = torch.arange(P + T, device=mask.device).unsqueeze(0)  # (1, P+T)
+    allowed = (k_pos <= q_pos).unsqueeze(0) & mask.bool().unsqueeze(1)  # (B, T, P+T)
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, -1e4).unsqueeze(1)
+
+
+@torch.library.custom_op("edgekit::cached_attention", mutates_args=())
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, past_k: torch.Tensor,
+                     past_v: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal multi-head attention over past + new keys: q, k, v (B, T, C); mask (B, P+T); past (B, nh, P, hs)."""
+    B, T, C = q.shape
+    hs = C // num_heads
+    heads = lambda t: t.reshape(B, T, num_heads, hs).transpose(1, 2)  # noqa: E731  (B, nh, T, hs)
+    k = torch.cat([past_k, heads(k)], dim=2)
+    v = torch.cat([past_v, heads(v)], dim=2)
+    att = (heads(q) @ k.transpose(-2, -1)) / math.sqrt(hs) + _causal_bias(mask, T, q.dtype)
+    y = (F.softmax(att, dim=-1) @ v).transpose(1, 2).reshape(B, T, C)
+    return y, k, v
+
+
+@cached_attention.register_fake
+def _(q, k, v, mask, past_k, past_v, num_heads):
+    B, T, C = q.shape
+    kv = past_k.new_empty(B, num_heads, past_k.shape[2] + T, C // num_heads)
+    return q.new_empty(B, T, C), kv, kv.clone()
 
 
 class MLP(nn.Module):
@@ -143,8 +181,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
-    def forward_cached(self, x, bias, past_k, past_v):
-        a, k, v = self.attn.forward_cached(self.ln_1(x), bias, past_k, past_v)
+    def forward_cached(self, x, bias, past_k, past_v, mask=None):
+        a, k, v = self.attn.forward_cached(self.ln_1(x), bias, past_k, past_v, mask)
         x = x + a
         return x + self.mlp(self.ln_2(x)), k, v
 
@@ -195,27 +233,24 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
-    def forward_cached(self, idx, attention_mask, past: list[torch.Tensor]):
+    def forward_cached(self, idx, attention_mask, past: list[torch.Tensor], fused: bool = False):
         """One prefill or decode step with a KV cache.
 
         idx (B, T) new tokens; attention_mask (B, P+T) with 1 for real tokens, 0 for left padding;
         past: 2*n_layer tensors (B, nh, P, hs), keys then values per layer.
         Returns last-position logits (B, V) and the 2*n_layer present tensors (B, nh, P+T, hs).
         Positions come from the mask (cumsum - 1), so left-padded batches get the right positions.
+        ``fused`` routes attention through the ``edgekit::cached_attention`` op (for export).
         """
         B, T = idx.shape
         P = past[0].shape[2]
         mask = attention_mask.to(torch.long)
         pos = (torch.cumsum(mask, dim=1) - 1).clamp(min=0)[:, P:]  # (B, T)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        # additive mask: causal within the window, and no attention to padding
-        q_pos = torch.arange(T, device=idx.device).unsqueeze(1) + P  # (T, 1)
-        k_pos = torch.arange(P + T, device=idx.device).unsqueeze(0)  # (1, P+T)
-        allowed = (k_pos <= q_pos).unsqueeze(0) & mask.bool().unsqueeze(1)  # (B, T, P+T)
-        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, -1e4).unsqueeze(1)
+        bias = None if fused else _causal_bias(mask, T, x.dtype)
         present = []
         for i, block in enumerate(self.transformer.h):
-            x, k, v = block.forward_cached(x, bias, past[2 * i], past[2 * i + 1])
+            x, k, v = block.forward_cached(x, bias, past[2 * i], past[2 * i + 1], mask if fused else None)
             present += [k, v]
         logits = self.lm_head(self.transformer.ln_f(x[:, -1, :]))  # (B, V) last position only
         return logits, present
@@ -250,3 +285,18 @@ def preset_config(preset: GPTPreset) -> dict:
 def num_params(preset: GPTPreset) -> int:
     with torch.device("meta"):
         return GPT(preset.model).num_params()
+
+
+@torch.no_grad()
+def generate_cached(model: GPT, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """PyTorch eager greedy decoding with a KV cache: the baseline edgekit's runtime is measured against."""
+    idx = torch.tensor([prompt_ids], dtype=torch.long)
+    past = model.empty_cache(1)
+    mask = torch.ones(1, idx.shape[1], dtype=torch.long)
+    out = []
+    for _ in range(max_new_tokens):
+        logits, past = model.forward_cached(idx, mask, past)
+        idx = logits.argmax(-1, keepdim=True)  # (1, 1)
+        out.append(int(idx))
+        mask = torch.ones(1, mask.shape[1] + 1, dtype=torch.long)
+    return out

@@ -109,10 +109,8 @@ def train(preset_name: str, opts: TrainOptions) -> dict:
 
 def _train(preset, opts: TrainOptions, out: Path, ctx) -> dict:
     best_path, last_path = out / f"{preset.name}.pt", out / f"{preset.name}.last.pt"
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not os.access(out, os.W_OK):
-            raise UsageError(f"output folder {str(out)!r} is not writable")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; give a folder")
     resume = None
     if opts.resume:
         if not last_path.exists():
@@ -127,6 +125,10 @@ def _train(preset, opts: TrainOptions, out: Path, ctx) -> dict:
     seed_everything(hp["seed"])
     tok = from_spec(tok_spec)
     corpus = build_corpus(tok, data=hp["data"], tokens=hp["tokens"], min_tokens=preset.model.block_size + 2)
+    if ctx.is_main:  # only now, with the data known good, does the run leave anything on disk
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise UsageError(f"output folder {str(out)!r} is not writable")
     cfg = dataclasses.replace(preset.model, vocab_size=max(preset.model.vocab_size, tok.n_vocab))
     model = GPT(cfg)
     n_params = model.num_params()
