@@ -33,7 +33,7 @@ def pair(gpt_artifacts):
 def _side_by_side(model, lm, ids, threads: int, rounds: int = ROUNDS):
     """Greedy 8-token prompt + 48 new tokens; edgekit and PyTorch eager timed alternately."""
     torch.set_num_threads(threads)
-    opts = SamplingOptions(max_new_tokens=NEW_TOKENS)
+    opts = SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)
     lm._run([ids], opts), generate_cached(model, ids, NEW_TOKENS)  # warm-up
     ours, theirs = [], []
     for _ in range(rounds):
@@ -51,7 +51,7 @@ def test_gpt_decode_speedup_vs_pytorch_eager(benchmark, gate, pair):
     model, lm, ids, art = pair
     benchmark.group = "gpt"
     g, ref, ours, theirs = _side_by_side(model, lm, ids, threads=1)
-    benchmark.pedantic(lambda: lm._run([ids], SamplingOptions(max_new_tokens=NEW_TOKENS)), rounds=ROUNDS, iterations=1)
+    benchmark.pedantic(lambda: lm._run([ids], SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)), rounds=ROUNDS, iterations=1)
     meta = lm.meta
     benchmark.extra_info.update({"scheme": meta["quantization"]["scheme"], "threads": 1,
                                  "model_bytes": art["onnx"].stat().st_size, "edgekit_tokens_per_s": ours,
@@ -69,7 +69,7 @@ def test_gpt_two_threads_faster_than_one(benchmark, gate, pair):
     model, lm1, ids, art = pair
     benchmark.group = "gpt"
     lm2 = load(art["onnx"], threads=2)
-    opts = SamplingOptions(max_new_tokens=NEW_TOKENS)
+    opts = SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)
     one, two = [], []
     lm1._run([ids], opts), lm2._run([ids], opts)
     for _ in range(ROUNDS):
@@ -90,7 +90,7 @@ def test_gpt_time_to_first_token_vs_pytorch(benchmark, gate, pair):
     model, lm, ids, art = pair
     benchmark.group = "gpt"
     torch.set_num_threads(1)
-    opts = SamplingOptions(max_new_tokens=1)
+    opts = SamplingOptions(max_new_tokens=1, heal=False)
     theirs = []
     for _ in range(ROUNDS):
         t0 = time.perf_counter()

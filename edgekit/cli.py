@@ -143,6 +143,8 @@ def train(preset, out, data, tokens, full_corpus, max_iters, eval_interval, pati
                         resume=resume, device=device, full_corpus=full_corpus, progress=not quiet,
                         time_budget=time_budget, extra=tuple(extra))
     summary = fam.trainer().train(preset, opts)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports
+        return
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:

@@ -1,5 +1,8 @@
 """`make demo`: train the small-vocabulary showcase model on the stdlib, export it, complete "def get_".
 
+It ends with the same prompt on the reference soma model shipped in examples/reference (trained on a
+GPU on the whole stdlib), to show what more training buys.
+
 Runs the same commands a user would type, times each, and prints what it did. The training run is
 capped at 150 seconds so the whole demo fits in about three minutes on a 2-core machine.
 """
@@ -35,6 +38,10 @@ def main() -> None:
     _, js = run("inference", "infer", str(OUT / "soma.onnx"), "import ", "--max-new-tokens", "48", "--json",
                 "--threads", "1", capture=True)
     g = json.loads(js)
+    ref = Path(__file__).with_name("reference") / "soma-stdlib.onnx"
+    print(f"\nFor comparison, the shipped reference soma (same preset, trained on a GPU on the whole stdlib "
+          f"for 98M tokens, {ref}):")
+    run("inference", "infer", str(ref), "def get_", "--max-new-tokens", "48")
     print("\n--- what the demo did ---")
     print(f"trained soma ({summary['params']:,} parameters, 576-token BPE vocabulary trained by edgekit) on "
           f"{summary['train_tokens']:,} tokens of the Python standard library: {summary['steps']} steps in "

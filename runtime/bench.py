@@ -32,7 +32,7 @@ def gpt_metrics(lm, *, prompt: str = "def get_value(self, key):\n", new_tokens: 
     from edgekit.runtime.gpt import SamplingOptions
 
     ids = lm.tokenizer.encode(prompt)[:8]
-    opts = SamplingOptions(max_new_tokens=new_tokens)
+    opts = SamplingOptions(max_new_tokens=new_tokens, heal=False)
     lm._run([ids], opts)  # warm-up
     rates, ttfts, prefills = [], [], []
     block_prompt = (ids * lm.block_size)[: lm.block_size - 1]

@@ -63,6 +63,18 @@ class Tokenizer:
             return self._enc.decode_single_token_bytes(token_id)
         return self._itos[token_id].encode("utf-8")
 
+    def ids_with_prefix(self, prefix: bytes) -> list[int]:
+        """Ids whose bytes start with ``prefix``: a range of the byte-sorted vocabulary, found by bisection."""
+        import bisect
+
+        if getattr(self, "_sorted", None) is None:  # built once; a race only builds it twice
+            pairs = sorted((self.token_bytes(i), i) for i in range(self.n_vocab))
+            self._sorted = ([b for b, _ in pairs], [i for _, i in pairs])
+        keys, ids = self._sorted
+        lo = bisect.bisect_left(keys, prefix)
+        hi = bisect.bisect_left(keys, prefix + b"\xff" * 256)
+        return ids[lo:hi]
+
     def decode(self, ids) -> str:
         return b"".join(self.token_bytes(int(i)) for i in ids).decode("utf-8", errors="replace")
 
@@ -77,8 +89,9 @@ class StreamDecoder:
         self._tok = tok
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def push(self, token_id: int) -> str:
-        return self._dec.decode(self._tok.token_bytes(int(token_id)))
+    def push(self, token_id: int, *, skip: int = 0) -> str:
+        """Text completed by this token; ``skip`` drops its first bytes (already in the prompt)."""
+        return self._dec.decode(self._tok.token_bytes(int(token_id))[skip:])
 
     def flush(self) -> str:
         return self._dec.decode(b"", final=True)

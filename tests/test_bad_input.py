@@ -40,7 +40,7 @@ def files(tmp_path_factory, tiny_gpt, tiny_soma):
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
     plain = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
-                                   opset_imports=[onnx.helper.make_opsetid("", 18)])
+                                   opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=9)
     onnx.save(plain, d / "plain.onnx")
     m = onnx.load(str(tiny_soma["onnx"]))
     meta = {p.key: p.value for p in m.metadata_props}

@@ -69,7 +69,7 @@ def test_nanogpt_checkpoint_generates_same_greedy_tokens(tmp_path, bias, prefix)
     r = run_cli("export", tmp_path / "ckpt.pt", "-o", out, "--quant", "fp32", "--quiet")
     assert r.exit_code == 0, r.output
     lm = load(out, threads=1)
-    g = lm.generate("def get_", max_new_tokens=20)
+    g = lm.generate("def get_", max_new_tokens=20, heal=False)  # the same prompt ids as PyTorch
     ids = torch.tensor([g.prompt_ids])
     with torch.no_grad():
         for _ in range(20):

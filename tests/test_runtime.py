@@ -19,10 +19,21 @@ def lm(tiny_soma):
 
 
 def test_generate_returns_text_ids_and_timing(lm):
-    g = lm.generate("def get_", max_new_tokens=12)
+    g = lm.generate("def get_", max_new_tokens=12, heal=False)
     assert len(g.token_ids) == 12 and g.prompt_ids == lm.tokenizer.encode("def get_")
     assert g.text == lm.tokenizer.decode(g.token_ids)
-    assert g.ttft_ms > 0 and g.tokens_per_s > 0
+    assert g.ttft_ms > 0 and g.tokens_per_s > 0 and g.healed == 0
+
+
+def test_token_healing_regenerates_a_dangling_last_token(lm):
+    """ "import " ends in a lone space token; healing lets the model write " os" rather than a space and "os"."""
+    prompt = "import "
+    ids = lm.tokenizer.encode(prompt)
+    g = lm.generate(prompt, max_new_tokens=8)
+    assert g.healed == 1 and g.prompt_ids == ids
+    first = lm.tokenizer.token_bytes(g.token_ids[0])
+    assert first.startswith(lm.tokenizer.token_bytes(ids[-1]))  # the first token extends the one it replaced
+    assert prompt + g.text == lm.tokenizer.decode(ids[:-1] + g.token_ids)
 
 
 def test_greedy_is_deterministic_and_seed_repeats_sampling(lm):

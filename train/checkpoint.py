@@ -48,7 +48,11 @@ class Checkpoint:
         except (TypeError, ValueError, AssertionError) as e:
             raise CheckpointError(f"checkpoint {self.path}: model_args do not describe a valid "
                                   f"{self.family} model ({e})") from e
-        missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            first = next((ln.strip() for ln in str(e).split(". ") if "size mismatch" in ln), str(e)[:200])
+            raise CheckpointError(f"checkpoint {self.path}: weights do not match model_args ({first[:200]})") from None
         if missing or unexpected:
             raise CheckpointError(
                 f"checkpoint {self.path}: weights do not match model_args "
@@ -68,7 +72,7 @@ def save_checkpoint(path: str | Path, *, model, model_args: dict, family: str, t
                     iter_num: int, best_val_loss: float | None, config: dict, **extra) -> Path:
     """Write atomically: nanoGPT's keys (model, model_args, iter_num, best_val_loss, config) + edgekit's."""
     obj = {
-        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "model": model.state_dict(),  # tied wte/lm_head share storage: saved once
         "model_args": dict(model_args),
         "iter_num": int(iter_num),
         "best_val_loss": None if best_val_loss is None else float(best_val_loss),
@@ -88,11 +92,14 @@ def _torch_load(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "weights_only" in msg.lower() or "unsupported global" in msg.lower() or "weights only" in msg.lower():
+        # a pickle that asks for globals (classes, functions) is refused; garbage is just unreadable
+        if "unsupported global" in msg.lower() or "this file can still be loaded" in msg.lower():
             raise CheckpointError(
                 f"refusing to load {path}: it needs arbitrary unpickling (code could run); edgekit loads "
                 "only tensors and plain data (torch.load weights_only=True)") from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({msg.splitlines()[0][:120]})") from None
+        detail = next((ln.strip() for ln in msg.splitlines() if ln.strip().startswith(("Unsupported", "Invalid"))),
+                      "corrupt pickle")
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({detail[:120]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError, AttributeError,
             IndexError, TypeError, UnicodeDecodeError, MemoryError, OverflowError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]

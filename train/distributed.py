@@ -36,7 +36,7 @@ def setup(device: str) -> Context:
             from edgekit.errors import UsageError
 
             raise UsageError("--device cuda: no CUDA device is available on this machine; use --device cpu")
-        _DEVICE = f"cuda:{local}" if world > 1 else device
+        _DEVICE = f"cuda:{local}" if world > 1 or device == "cuda" else device
         torch.cuda.set_device(torch.device(_DEVICE))
     else:
         _DEVICE = "cpu"

@@ -1,0 +1,52 @@
+"""Budget gates fail loudly: an impossible budget breaks `edgekit bench` and the pytest suite, by name."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from edgekit.budgets import BudgetError, check, load_budgets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_budget_has_a_source_and_a_bound():
+    budgets = load_budgets()
+    assert budgets, "benchmarks/budgets.toml is empty"
+    for name, b in budgets.items():
+        assert b["source"].strip() and ({"min", "max"} & b.keys()), name
+
+
+def test_check_names_budget_measured_value_and_source(tmp_path):
+    f = tmp_path / "b.toml"
+    f.write_text('[gpt]\nfile_bytes = { max = 1, unit = "bytes", source = "an impossible test budget" }\n')
+    with pytest.raises(BudgetError, match=r"BROKEN budget gpt.file_bytes: measured 2000 bytes, budget <= 1 bytes "
+                                          r"\(source: an impossible test budget\)"):
+        check(load_budgets(f), "gpt.file_bytes", 2000)
+
+
+def test_edgekit_bench_exits_3_on_an_impossible_budget(tmp_path, tiny_soma):
+    f = tmp_path / "b.toml"
+    f.write_text('[gpt]\nfile_bytes = { max = 1, unit = "bytes", source = "an impossible test budget" }\n'
+                 'decode_tokens_per_s = { min = 1, unit = "tok/s", source = "any positive speed" }\n')
+    r = run_cli("bench", tiny_soma["onnx"], "--budget", f)
+    assert r.exit_code == 3, r.output
+    assert "BROKEN budget gpt.file_bytes" in r.stdout and "source: an impossible test budget" in r.stdout
+    assert re.search(r"decode_tokens_per_s\s+[\d,.]+\s+>= 1\s+ok", r.stdout)
+
+
+def test_pytest_gate_fails_with_the_budget_message(tmp_path, tiny_gpt):
+    text = (ROOT / "benchmarks" / "budgets.toml").read_text()
+    text = re.sub(r"phase3_file_bytes = \{ max = [\d_]+", "phase3_file_bytes = { max = 1", text)
+    f = tmp_path / "impossible.toml"
+    f.write_text(text)
+    env = {**os.environ, "EDGEKIT_BUDGETS": str(f), "EDGEKIT_BENCH_GPT": str(tiny_gpt["ckpt"])}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(ROOT / "benchmarks" / "test_gpt.py") + "::test_gpt_default_export_size",
+                        "--benchmark-min-rounds=1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 1, r.stdout[-3000:]
+    assert "BROKEN budget gpt.phase3_file_bytes: measured" in r.stdout
+    assert "half the fp32 single-file export" in r.stdout
