@@ -120,15 +120,16 @@ def test_gpt_load_import_and_peak_memory(benchmark, gate, pair):
     _, lm, _, art = pair
     benchmark.group = "gpt"
     code = (
-        "import time, json, resource\n"
+        "import time, json\n"
         "t0 = time.perf_counter()\n"
         "import edgekit.runtime\n"
         "t1 = time.perf_counter()\n"
         f"lm = edgekit.runtime.load({str(art['onnx'])!r}, threads=1)\n"
         "t2 = time.perf_counter()\n"
         "g = lm.generate('def get_', max_new_tokens=48)\n"
+        "from edgekit.runtime.bench import peak_rss_mb\n"
         "print(json.dumps({'import_s': t1 - t0, 'load_s': t2 - t1, 'tokens': len(g.token_ids),\n"
-        "                  'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        "                  'peak_rss_mb': peak_rss_mb()}))\n"
     )
 
     def fresh():

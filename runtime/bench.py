@@ -23,7 +23,18 @@ from edgekit.runtime import load
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    VmHWM from /proc where there is one: ru_maxrss survives exec on Linux, so a process started by a
+    big parent (pytest with torch loaded) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -128,13 +128,18 @@ class GPTModel:
         z = np.zeros((batch, self.n_head, 0, self.head_size), dtype=np.float32)
         return [ort.OrtValue.ortvalue_from_numpy(z) for _ in self._past_names]
 
-    def _step(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue]):
+    def _binding(self) -> ort.IOBinding:
+        """One IOBinding per generation (cheaper than a new one every step)."""
+        return self.session.io_binding()
+
+    def _step(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue], io: ort.IOBinding | None = None):
         """One graph call: (B, T) ids -> logits (B, V) numpy and presents as OrtValues."""
-        io = self.session.io_binding()
+        io = io or self._binding()
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
         for name, v in zip(self._past_names, past):
             io.bind_ortvalue_input(name, v)
+        # outputs are re-bound to the device each step: after a run they are sized for that run's shapes
         io.bind_output("logits", "cpu")
         for name in self._present_names:
             io.bind_output(name, "cpu")
@@ -187,6 +192,7 @@ class GPTModel:
         logits, past, mask = self._prefill(rows)
         ttft = None
         ones = np.ones((B, 1), dtype=np.int64)
+        io = self._binding()
         for step in range(opts.max_new_tokens):
             logits = logits[:, : self.vocab_size]
             if step == 0 and any(h[1] is not None for h in healed):
@@ -223,7 +229,7 @@ class GPTModel:
                 logits, past, mask = self._prefill(rows)
                 continue
             mask = np.concatenate([mask, ones], axis=1)
-            logits, past = self._step(nxt.astype(np.int64).reshape(B, 1), mask, past)
+            logits, past = self._step(nxt.astype(np.int64).reshape(B, 1), mask, past, io)
         total = time.perf_counter() - t0
         for b in range(B):
             tail = decoders[b].flush()
