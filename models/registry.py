@@ -50,6 +50,8 @@ def _family(name: str, description: str, module: str | None = None) -> Family:
 
 FAMILIES: dict[str, Family] = {
     "gpt": _family("gpt", "nanoGPT decoder language model (KV-cache ONNX, streaming generation)"),
+    "seqae": _family("seqae", "sequence autoencoder over token vectors, 16-d code (RNN/GRU/LSTM, optional attention)"),
+    "amn": _family("amn", "next concept vector from the previous 5 sentence vectors (attention + MLP)"),
 }
 
 

@@ -1,0 +1,126 @@
+"""Benchmarks for the vector families: per-sequence latency through edgekit's runtime vs PyTorch eager, file sizes.
+
+    pytest benchmarks/test_vectors.py                    # trains tiny (full-size, few-step) models first
+    EDGEKIT_BENCH_SEQAE=runs/vectors/ae-baseline/ae-baseline.pt:runs/vectors/ae-attention/ae-attention.pt \\
+    EDGEKIT_BENCH_AMN=runs/vectors/amn/amn.pt pytest benchmarks/test_vectors.py     # trained checkpoints instead
+
+Latency is a ratio measured in the same run on the same weights (runtime p50 / PyTorch eager p50, one
+sequence, one thread), because absolute times on shared 2-core machines are noise. Training steps do not
+change latency or size, so the fixture's few-step models measure the presets' real architectures.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+pytestmark = pytest.mark.gate
+SEQAE_PRESETS = ("ae-baseline", "ae-attention")
+
+
+def _cli(*args) -> str:
+    from edgekit.cli import cli
+
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.stdout
+
+
+def _checkpoint(tmp: Path, preset: str, env: str, extra: tuple = ()) -> Path:
+    """This preset's checkpoint among $env's paths (os.pathsep-separated), else the preset trained a few steps."""
+    for given in filter(None, os.environ.get(env, "").split(os.pathsep)):
+        if Path(given).stem == preset:
+            return Path(given)
+    _cli("train", preset, "--out", tmp, "--max-iters", 3, "--eval-interval", 3, "--quiet", *extra)
+    return tmp / f"{preset}.pt"
+
+
+@pytest.fixture(scope="session")
+def vector_models(tmp_path_factory):
+    """{name: {"ckpt", "onnx", "report"}} for ae-baseline, ae-attention and amn, exported with --quant auto."""
+    tmp = tmp_path_factory.mktemp("vectors")
+    ckpts = {p: _checkpoint(tmp, p, "EDGEKIT_BENCH_SEQAE", ("--tokens", 64)) for p in SEQAE_PRESETS}
+    ckpts["amn"] = _checkpoint(tmp, "amn", "EDGEKIT_BENCH_AMN", ("--tokens", 6))
+    out = {}
+    for name, ckpt in ckpts.items():
+        onnx_path = tmp / f"{name}.onnx"
+        report = json.loads(_cli("export", ckpt, "-o", onnx_path, "--quiet", "--json"))
+        out[name] = {"ckpt": ckpt, "onnx": onnx_path, "report": report}
+    return out
+
+
+def _torch_p50_ms(fn, rounds: int = 50) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _sequence() -> np.ndarray:
+    from edgekit.train import vectors
+
+    text = "Return a new list containing all items from the iterable in ascending order."
+    return vectors.token_table()[vectors.token_ids(text)]  # (17, 384)
+
+
+def _record(benchmark, *, scheme: str, model_path: Path, torch_ms: float) -> float:
+    ratio = benchmark.stats.stats.median * 1e3 / torch_ms
+    benchmark.extra_info.update({"scheme": scheme, "threads": 1, "model_bytes": model_path.stat().st_size,
+                                 "torch_eager_p50_ms": round(torch_ms, 4),
+                                 "runtime_p50_ms": round(benchmark.stats.stats.median * 1e3, 4),
+                                 "ratio_vs_torch": round(ratio, 3)})
+    return ratio
+
+
+@pytest.mark.parametrize("preset", SEQAE_PRESETS)
+def test_seqae_latency_vs_torch_and_size(benchmark, gate, vector_models, preset):
+    from edgekit.runtime import load
+    from edgekit.train.checkpoint import load_checkpoint
+
+    benchmark.group = "seqae"
+    m = vector_models[preset]
+    ae = load(m["onnx"], threads=1)
+    x = _sequence()
+    torch.set_num_threads(1)
+    model = load_checkpoint(m["ckpt"]).build_model()
+    xt, lt = torch.from_numpy(x[None]), torch.tensor([len(x)])
+    with torch.no_grad():
+        torch_ms = _torch_p50_ms(lambda: model(xt, lt))
+    recon = benchmark(ae.reconstruct, x)
+    assert recon.shape == x.shape
+    ratio = _record(benchmark, scheme=ae.meta["quantization"]["scheme"], model_path=m["onnx"], torch_ms=torch_ms)
+    key = "baseline" if preset == "ae-baseline" else "attention"
+    gate(f"seqae.{key}_latency_ratio_vs_torch", ratio)
+    gate(f"seqae.{key}_file_bytes", m["onnx"].stat().st_size)
+
+
+def test_amn_latency_vs_torch_and_size(benchmark, gate, vector_models):
+    from edgekit.runtime import load
+    from edgekit.train.checkpoint import load_checkpoint
+
+    benchmark.group = "amn"
+    m = vector_models["amn"]
+    amn = load(m["onnx"], threads=1)
+    ck = load_checkpoint(m["ckpt"])
+    ctx = ck.extra["heldout_context"].numpy()[0]  # (5, 384) real MiniLM sentence vectors
+    torch.set_num_threads(1)
+    model = ck.build_model()
+    ct = torch.from_numpy(ctx[None])
+    with torch.no_grad():
+        torch_ms = _torch_p50_ms(lambda: model(ct))
+    nxt = benchmark(amn.predict_next, ctx)
+    assert nxt.shape == (384,)
+    ratio = _record(benchmark, scheme=amn.meta["quantization"]["scheme"], model_path=m["onnx"], torch_ms=torch_ms)
+    gate("amn.latency_ratio_vs_torch", ratio)
+    gate("amn.file_bytes", m["onnx"].stat().st_size)
