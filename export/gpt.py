@@ -320,12 +320,19 @@ def quantize(model: onnx.ModelProto, *, scheme: str, calib: np.ndarray | None = 
         q = common.quantize_int8(untie_head(model), op_types=("MatMul", "Gather"), per_channel=True)
         return q, {"scheme": scheme, "tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
                    "op_types": ["MatMul", "Gather"], "per_channel": True, "lm_head": "untied MatMul"}
-    if scheme in ("int4", "int8-nbits"):
-        bits = 4 if scheme == "int4" else 8
-        q = common.quantize_nbits(untie_head(model), bits=bits, block_size=32, include_gather=bits == 4)
+    if scheme == "int4":
+        q = common.quantize_nbits(untie_head(model), bits=4, block_size=32, include_gather=True)
         return q, {"scheme": scheme, "tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
-                   "bits": bits, "block_size": 32, "symmetric": True, "accuracy_level": 4,
-                   "op_types": ["MatMul", "Gather"] if bits == 4 else ["MatMul"]}
+                   "bits": 4, "block_size": 32, "symmetric": True, "accuracy_level": 4,
+                   "op_types": ["MatMul", "Gather"]}
+    if scheme == "int8-nbits":
+        # MatMulNBits' Gather counterpart is 4-bit only, so the embedding goes through quantize_dynamic's
+        # int8 Gather and the MatMuls (LM head included) through 8-bit MatMulNBits with int8 compute
+        q = common.quantize_nbits(common.quantize_int8(untie_head(model), op_types=("Gather",)), bits=8,
+                                  block_size=32, include_gather=False)
+        return q, {"scheme": scheme, "tool": "MatMulNBitsQuantizer (MatMul) + quantize_dynamic (Gather)",
+                   "bits": 8, "block_size": 32, "symmetric": True, "accuracy_level": 4,
+                   "op_types": ["MatMul", "Gather"]}
     if scheme == "int8-static":
         return _quantize_static(untie_head(model), calib, cfg)
     raise ExportError(f"unknown quantization scheme {scheme!r}; known: fp32, {', '.join(SCHEMES)}")

@@ -52,6 +52,7 @@ FAMILIES: dict[str, Family] = {
     "gpt": _family("gpt", "nanoGPT decoder language model (KV-cache ONNX, streaming generation)"),
     "seqae": _family("seqae", "sequence autoencoder over token vectors, 16-d code (RNN/GRU/LSTM, optional attention)"),
     "amn": _family("amn", "next concept vector from the previous 5 sentence vectors (attention + MLP)"),
+    "bytecnn": _family("bytecnn", "byte-level CNN word-rarity scorer (UTF-8 bytes -> normalized ICF in [0, 1])"),
 }
 
 

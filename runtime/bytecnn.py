@@ -1,0 +1,146 @@
+"""Word-rarity scoring with an exported bytecnn model, numpy and onnxruntime only.
+
+    scorer = edgekit.runtime.load("nano.onnx", threads=1)
+    scorer.score(["the", "brillig"])      # array([0.03, 0.97], dtype=float32): 0 = very common, 1 = very rare
+    scorer.score_one("bandersnatch")      # one word, lowest latency (pre-allocated input, IOBinding)
+
+Words are normalized as in training (NFC, case-folded, curly apostrophe straightened), encoded as
+UTF-8 bytes, cut or zero-padded to the model's ``max_len``. ``score`` runs in chunks of
+``BATCH`` words so any list fits in memory.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import unicodedata
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnxruntime as ort
+
+from edgekit.errors import UsageError
+
+BATCH = 4096  # words per onnxruntime call in score(); larger batches gain nothing on CPU
+STDIN_CHUNK = 8192  # words read from stdin before each scoring call
+GPT_ONLY = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+
+
+def normalize(word: str) -> str:
+    """The form the model reads, in training too: NFC, case-folded, curly apostrophe straightened (as wordfreq)."""
+    return unicodedata.normalize("NFC", word.strip()).casefold().replace("\u2019", "'")
+
+
+def _check_word(word, where: str) -> str:
+    if not isinstance(word, str):
+        raise UsageError(f"{where}: words must be strings; got {type(word).__name__}")
+    w = normalize(word)
+    if not w:
+        raise UsageError(f"{where}: empty word; give words of at least one character")
+    if any(ch.isspace() for ch in w):
+        raise UsageError(f"{where}: {word!r} contains whitespace; give one word per argument or line")
+    return w
+
+
+def encode(words: list[str], *, max_len: int) -> np.ndarray:
+    """(B, max_len) int64 UTF-8 bytes of (already normalized) words: numpy cuts at max_len and pads with 0."""
+    raw = np.array([w.encode("utf-8") for w in words], dtype=f"S{max_len}")
+    return raw.view(np.uint8).reshape(len(words), max_len).astype(np.int64)
+
+
+class WordScorer:
+    """An onnxruntime session over ``bytes`` (batch, max_len) int64 -> ``score`` (batch,) float32."""
+
+    family = "bytecnn"
+
+    def __init__(self, sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None):
+        self.sess, self.meta, self.path, self.threads = sess, meta, path, threads
+        self.max_len = int(meta.get("max_len") or meta["config"]["max_len"])
+        self._input = sess.get_inputs()[0].name
+        self._output = sess.get_outputs()[0].name
+        # score_one writes into this buffer in place; IOBinding keeps onnxruntime from re-wrapping it per call
+        self._one = np.zeros((1, self.max_len), dtype=np.int64)
+        self._binding = sess.io_binding()
+        self._binding.bind_cpu_input(self._input, self._one)
+        self._out_one = np.zeros((1,), dtype=np.float32)
+        self._binding.bind_output(self._output, "cpu", 0, np.float32, [1], self._out_one.ctypes.data)
+
+    def encode(self, words: list[str], *, normalized: bool = False) -> np.ndarray:
+        """(B, max_len) int64 UTF-8 bytes of the words (normalized here unless already), 0-padded."""
+        return encode(words if normalized else [normalize(w) for w in words], max_len=self.max_len)
+
+    def score(self, words: Iterable[str]) -> np.ndarray:
+        """Rarity scores (float32, 0 = very common, 1 = very rare) for a list of words, batched."""
+        words = [_check_word(w, f"word {i}") for i, w in enumerate(words)]
+        out = np.empty(len(words), dtype=np.float32)
+        for i in range(0, len(words), BATCH):
+            x = self.encode(words[i:i + BATCH], normalized=True)
+            out[i:i + len(x)] = self.sess.run([self._output], {self._input: x})[0]
+        return out
+
+    def score_one(self, word: str) -> float:
+        """One word's score with the least overhead: bytes copied into a bound, pre-allocated buffer.
+
+        Not thread-safe (one buffer per scorer): threads share ``score``, or each loads its own scorer.
+        """
+        b = _check_word(word, "word").encode("utf-8")[: self.max_len]
+        one = self._one
+        one.fill(0)
+        one[0, : len(b)] = np.frombuffer(b, dtype=np.uint8)
+        self.sess.run_with_iobinding(self._binding)
+        return float(self._out_one[0])
+
+    def __repr__(self) -> str:
+        q = self.meta.get("quantization", {}).get("scheme", "?")
+        return f"WordScorer({self.path!r}, max_len={self.max_len}, quantization={q})"
+
+
+def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None) -> WordScorer:
+    return WordScorer(sess, meta, path=path, threads=threads)
+
+
+def _stdin_words() -> Iterator[str]:
+    for n, line in enumerate(sys.stdin, 1):
+        if line.strip():  # blank lines in word lists are skipped
+            yield _check_word(line.rstrip("\r\n"), f"stdin line {n}")
+
+
+def _chunks(words: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for w in words:
+        chunk.append(w)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def infer_cli(model: WordScorer, inputs: list[str], opts: dict) -> int:
+    """`edgekit infer MODEL WORD...`: ``word<TAB>score`` lines, or a JSON list with --json; '-' reads stdin."""
+    given = [k for k in GPT_ONLY if opts.get(k) not in (None, [], (), "")]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} does not apply to word scorers (bytecnn); "
+                         "give words and optionally --json or --threads")
+    if not inputs or inputs == ["-"]:
+        source: Iterable[str] = _stdin_words()
+    elif "-" in inputs:
+        raise UsageError("'-' (read stdin) must be the only input; give words or '-'")
+    else:
+        source = [_check_word(w, f"argument {i + 1}") for i, w in enumerate(inputs)]
+    as_json, n = bool(opts.get("json")), 0
+    out = sys.stdout
+    for chunk in _chunks(source, STDIN_CHUNK):
+        scores = model.score(chunk)
+        if as_json:
+            out.write("".join(("[" if n == 0 and i == 0 else ",\n")
+                              + json.dumps({"word": w, "score": round(float(s), 6)}, ensure_ascii=False)
+                              for i, (w, s) in enumerate(zip(chunk, scores))))
+        else:
+            out.write("".join(f"{w}\t{s:.4f}\n" for w, s in zip(chunk, scores)))
+        n += len(chunk)
+    if n == 0:
+        raise UsageError("no words to score; give words as arguments or one per line on stdin")
+    if as_json:
+        out.write("]\n")
+    out.flush()
+    return 0
