@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+
+from edgekit.export.vectors import p50_ms
 
 pytestmark = pytest.mark.gate
 SEQAE_PRESETS = ("ae-baseline", "ae-attention")
@@ -56,17 +56,6 @@ def vector_models(tmp_path_factory):
     return out
 
 
-def _torch_p50_ms(fn, rounds: int = 50) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def _sequence() -> np.ndarray:
     from edgekit.train import vectors
 
@@ -96,7 +85,7 @@ def test_seqae_latency_vs_torch_and_size(benchmark, gate, vector_models, preset)
     model = load_checkpoint(m["ckpt"]).build_model()
     xt, lt = torch.from_numpy(x[None]), torch.tensor([len(x)])
     with torch.no_grad():
-        torch_ms = _torch_p50_ms(lambda: model(xt, lt))
+        torch_ms = p50_ms(lambda: model(xt, lt), rounds=50)
     recon = benchmark(ae.reconstruct, x)
     assert recon.shape == x.shape
     ratio = _record(benchmark, scheme=ae.meta["quantization"]["scheme"], model_path=m["onnx"], torch_ms=torch_ms)
@@ -118,7 +107,7 @@ def test_amn_latency_vs_torch_and_size(benchmark, gate, vector_models):
     model = ck.build_model()
     ct = torch.from_numpy(ctx[None])
     with torch.no_grad():
-        torch_ms = _torch_p50_ms(lambda: model(ct))
+        torch_ms = p50_ms(lambda: model(ct), rounds=50)
     nxt = benchmark(amn.predict_next, ctx)
     assert nxt.shape == (384,)
     ratio = _record(benchmark, scheme=amn.meta["quantization"]["scheme"], model_path=m["onnx"], torch_ms=torch_ms)
