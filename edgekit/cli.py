@@ -106,7 +106,7 @@ def presets(as_json):
 @click.option("--out", default=None, help="Output folder (default runs/<preset>).")
 @click.option("--data", default=None, help="Corpus folder or file (default: the family's built-in real data).")
 @click.option("--tokens", type=int, default=None, help="Cap the dataset at N tokens (items for non-text families).")
-@click.option("--full-corpus", is_flag=True, help="Use all the data, ignoring the preset's token cap.")
+@click.option("--full-corpus", is_flag=True, help="Use all the data, ignoring any token cap (the default unless --tokens).")
 @click.option("--max-iters", type=int, default=None)
 @click.option("--eval-interval", type=int, default=None)
 @click.option("--patience", type=int, default=None, help="Evaluations without val improvement before stopping.")

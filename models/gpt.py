@@ -39,7 +39,7 @@ class TrainDefaults:
     eval_interval: int = 150  # steps between train/val evaluations
     eval_iters: int = 20  # batches averaged per evaluation
     patience: int = 5  # evaluations without val improvement before stopping
-    tokens: int | None = None  # cap on dataset tokens (the notes' phases used 1k-23k); None = whole corpus
+    tokens: int | None = None  # cap on dataset tokens; None = the whole corpus (the notes' phases used 1k-23k)
     weight_decay: float = 0.1  # AdamW decay on 2-D weights
 
 
@@ -55,16 +55,16 @@ class GPTPreset:
 
 # The research notes' phases (notes/004) and the showcase model (notes/002).
 PRESETS: dict[str, GPTPreset] = {
-    "phase0": GPTPreset("phase0", GPTConfig(128, 50257, 6, 6, 384), TrainDefaults(500, 4, 1e-3, 50, tokens=1000),
-                        note="notes 004 phase 0: 30M params on 1k tokens, overfit (gap 6.90)"),
-    "phase1": GPTPreset("phase1", GPTConfig(16, 50257, 2, 2, 32), TrainDefaults(500, 4, 1e-3, 50, tokens=1000),
-                        note="notes 004 phase 1: embedding is 98% of the parameters"),
-    "phase2": GPTPreset("phase2", GPTConfig(32, 50257, 3, 4, 64), TrainDefaults(1000, 8, 5e-4, 100, tokens=5000),
-                        note="notes 004 phase 2: best generalization (gap 0.17)"),
-    "phase3": GPTPreset("phase3", GPTConfig(64, 50257, 4, 4, 96), TrainDefaults(2000, 12, 3e-4, 150, tokens=15000),
-                        note="notes 004 phase 3: the recommended model"),
-    "phase4": GPTPreset("phase4", GPTConfig(128, 50257, 4, 4, 128), TrainDefaults(3000, 16, 1e-4, 200, tokens=23000),
-                        note="notes 004 phase 4: overtrained without early stopping"),
+    "phase0": GPTPreset("phase0", GPTConfig(128, 50257, 6, 6, 384), TrainDefaults(500, 4, 1e-3, 50),
+                        note="notes 004 phase 0 (1k tokens there: gap 6.90)"),
+    "phase1": GPTPreset("phase1", GPTConfig(16, 50257, 2, 2, 32), TrainDefaults(500, 4, 1e-3, 50),
+                        note="notes 004 phase 1 (1k tokens there; embedding is 98% of the parameters)"),
+    "phase2": GPTPreset("phase2", GPTConfig(32, 50257, 3, 4, 64), TrainDefaults(1000, 8, 5e-4, 100),
+                        note="notes 004 phase 2 (5k tokens there: best generalization, gap 0.17)"),
+    "phase3": GPTPreset("phase3", GPTConfig(64, 50257, 4, 4, 96), TrainDefaults(2000, 12, 3e-4, 150),
+                        note="notes 004 phase 3 (15k tokens there: the recommended model)"),
+    "phase4": GPTPreset("phase4", GPTConfig(128, 50257, 4, 4, 128), TrainDefaults(3000, 16, 1e-4, 200),
+                        note="notes 004 phase 4 (23k tokens there: overtrained without early stopping)"),
     "soma": GPTPreset("soma", GPTConfig(128, 576, 3, 4, 128), TrainDefaults(1500, 16, 1e-3, 100, tokens=None),
                       tokenizer="bpe:576", note="notes 002 showcase: 3 layers, 4 heads, d_model 128, 576-token vocabulary"),
 }

@@ -164,7 +164,7 @@ def _train(preset, opts: TrainOptions, out: Path, ctx) -> dict:
             f"({1 / tokens_per_param:,.3g} parameters per token)")
         if 1 / tokens_per_param > PARAMS_PER_TOKEN_WARN:
             log(f"[edgekit] WARNING: {1 / tokens_per_param:,.0f} parameters per training token is far off: the "
-                f"research notes' phases 0 and 1 memorised at 33,328 and 1,815; use more data (--tokens, --full-corpus) "
+                f"research notes' phases 0 and 1 memorised at 33,328 and 1,815; use more data (a larger --tokens, or none) "
                 f"or a smaller preset")
     raw_model = model
     if ctx.world_size > 1:
