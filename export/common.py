@@ -242,12 +242,3 @@ def write_model(model: onnx.ModelProto, *, path: str | os.PathLike, meta: dict) 
         with open(tmp, "wb") as f:
             f.write(model.SerializeToString())
     return path
-
-
-def size_breakdown(model: onnx.ModelProto) -> dict[str, int]:
-    """Initializer bytes by the first part of their names, for `edgekit inspect`."""
-    out: dict[str, int] = {}
-    for init in model.graph.initializer:
-        out[init.name] = out.get(init.name, 0) + len(init.raw_data) if init.raw_data else \
-            onnx.numpy_helper.to_array(init).nbytes
-    return out

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from edgekit.errors import ExportError
 from edgekit.export import common
 from edgekit.export.common import ExportReport, StepRecord
-from edgekit.models.gpt import GPT, GPTConfig
+from edgekit.models.gpt import GPT
 from edgekit.options import ExportOptions
 from edgekit.runtime.gpt import GPTModel, SamplingOptions
 from edgekit.runtime.tokenizer import from_spec

@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import os
 
-import numpy as np
 import onnx
 
 from edgekit.errors import ModelFileError

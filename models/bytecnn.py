@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from edgekit.runtime.bytecnn import encode as encode_words  # the runtime's encoding, shared: (B, L) int64
+from edgekit.runtime.bytecnn import encode as encode_words  # noqa: F401  (re-exported: the runtime's encoding, (B, L) int64)
 
 
 @dataclass(frozen=True)

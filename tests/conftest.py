@@ -9,6 +9,16 @@ from click.testing import CliRunner
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class Payload:
+    """Unpickling this creates ``marker``: the code a malicious checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def run_cli(*args, input=None, catch=True):
     """Invoke the real CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
     from edgekit.cli import cli

@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import Payload, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -183,13 +183,6 @@ def test_debug_flag_shows_the_traceback(files):
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
 
 @pytest.mark.parametrize("command", ["export", "train --resume", "export --meta"])
 def test_payload_checkpoint_never_runs_through_any_command(tmp_path, command):
@@ -197,7 +190,7 @@ def test_payload_checkpoint_never_runs_through_any_command(tmp_path, command):
     import pickle
 
     marker = tmp_path / "pwned"
-    evil = {"model": {}, "model_args": {"n_layer": 1}, "payload": _Payload(str(marker))}
+    evil = {"model": {}, "model_args": {"n_layer": 1}, "payload": Payload(str(marker))}
     if command == "export":
         torch.save(evil, tmp_path / "evil.pt")
         r = run_cli("export", tmp_path / "evil.pt", "-o", tmp_path / "x.onnx", catch=False)
@@ -207,7 +200,7 @@ def test_payload_checkpoint_never_runs_through_any_command(tmp_path, command):
         r = run_cli("train", "phase1", "--out", tmp_path / "run", "--resume", catch=False)
     else:
         torch.save({"model": {"w": torch.zeros(1)}, "model_args": {"n_layer": 1}}, tmp_path / "ok.pt")
-        pickle.dump(_Payload(str(marker)), open(tmp_path / "meta.pkl", "wb"))
+        pickle.dump(Payload(str(marker)), open(tmp_path / "meta.pkl", "wb"))
         r = run_cli("export", tmp_path / "ok.pt", "--meta", tmp_path / "meta.pkl", "-o", tmp_path / "x.onnx", catch=False)
     assert r.exit_code == 1 and "refusing" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not marker.exists() and not (tmp_path / "x.onnx").exists()

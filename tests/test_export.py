@@ -2,12 +2,11 @@
 import json
 import pickle
 
-import numpy as np
 import onnx
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import Payload, run_cli
 from edgekit.models.gpt import GPT, GPTConfig
 
 
@@ -96,17 +95,10 @@ def test_character_level_checkpoint_with_meta_pkl_roundtrips_text(tmp_path):
     assert len(g.token_ids) == 10 and set(g.text) <= set(chars)
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
 
 def test_malicious_checkpoint_never_runs_its_payload(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"model": {}, "model_args": {}, "evil": _Payload(str(marker))}, tmp_path / "evil.pt")
+    torch.save({"model": {}, "model_args": {}, "evil": Payload(str(marker))}, tmp_path / "evil.pt")
     r = run_cli("export", tmp_path / "evil.pt", "-o", tmp_path / "x.onnx")
     assert r.exit_code == 1
     assert r.stderr.startswith("edgekit: error: refusing to load") and r.stderr.count("\n") == 1
@@ -116,7 +108,7 @@ def test_malicious_checkpoint_never_runs_its_payload(tmp_path):
 def test_malicious_meta_pkl_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     _nanogpt_ckpt(tmp_path / "ckpt.pt", bias=False, prefix=False, vocab=10)
-    pickle.dump(_Payload(str(marker)), open(tmp_path / "meta.pkl", "wb"))
+    pickle.dump(Payload(str(marker)), open(tmp_path / "meta.pkl", "wb"))
     r = run_cli("export", tmp_path / "ckpt.pt", "--meta", tmp_path / "meta.pkl", "-o", tmp_path / "x.onnx")
     assert r.exit_code == 1 and "refusing" in r.stderr and not marker.exists()
 

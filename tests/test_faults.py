@@ -1,7 +1,6 @@
 """Faults and load: real SIGKILLs, a real file-size limit, 8 threads sharing a model, random options."""
 from __future__ import annotations
 
-import os
 import random
 import resource
 import signal

@@ -4,7 +4,6 @@ import subprocess
 import sys
 import threading
 
-import numpy as np
 import pytest
 
 from conftest import run_cli

@@ -1,6 +1,5 @@
 """Tokenizer parity: the offline GPT-2 encoding against known ids and an independent BPE implementation."""
 import json
-import os
 
 import pytest
 from hypothesis import given, settings

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from edgekit.errors import CheckpointError, DataError, UsageError
-from edgekit.models.gpt import GPT, PRESETS, GPTConfig
+from edgekit.models.gpt import GPT, PRESETS
 from edgekit.options import TrainOptions
 from edgekit.runtime.tokenizer import from_spec
 from edgekit.train import distributed as dist
