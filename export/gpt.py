@@ -411,12 +411,14 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
         if not ok:
             report.failures.append(f"{step}: {note}")
 
-    def exact_check(step: str, m: onnx.ModelProto, t0: float) -> dict:
-        f = check(_engine(m, meta, threads), probe)
+    def exact_check(step: str, m: onnx.ModelProto, t0: float) -> GPTModel:
+        """Check an fp32 step; returns its engine so later steps reuse the session instead of rebuilding it."""
+        engine = _engine(m, meta, threads)
+        f = check(engine, probe)
         figs = {"max_abs_diff": f["max_abs_diff"]}
         ok = f["max_abs_diff"] <= FP32_TOL
         record(step, m, t0, figs, ok, "" if ok else f"max |logit diff| {f['max_abs_diff']:.2e} > {FP32_TOL:g}")
-        return f
+        return engine
 
     t0 = time.time()
     graph = to_graph(model)
@@ -425,7 +427,7 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
         raise ExportError("verification failed: " + "; ".join(report.failures))
     t0 = time.time()
     simplified = common.simplify(graph)
-    exact_check("simplify", simplified, t0)
+    base_engine = exact_check("simplify", simplified, t0)
     if report.failures:
         raise ExportError("verification failed: " + "; ".join(report.failures))
     base = simplified
@@ -433,10 +435,10 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
     try:
         fused = optimize(simplified, cfg)
         common.check_dynamic(simplified, fused, step="optimize")
-        f = check(_engine(fused, meta, threads), probe)
+        fused_engine = _engine(fused, meta, threads)
+        f = check(fused_engine, probe)
         prompt = [int(t) for t in val[:8]]
-        speed = decode_speed({"before": _engine(simplified, meta, threads), "after": _engine(fused, meta, threads)},
-                             prompt, rounds=3)
+        speed = decode_speed({"before": base_engine, "after": fused_engine}, prompt, rounds=3)
         ok = f["max_abs_diff"] <= FP32_TOL
         keep = ok and speed["after"] >= speed["before"] * FUSION_NOISE  # fewer nodes; keep unless clearly slower
         note = "" if ok else f"max |logit diff| {f['max_abs_diff']:.2e} > {FP32_TOL:g}; fusions skipped"
@@ -444,7 +446,7 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
                                        "nodes_after": len(fused.graph.node), "tok_s_before": round(speed["before"]),
                                        "tok_s_after": round(speed["after"]), "kept": keep}, True, note)
         if keep:
-            base = fused
+            base, base_engine = fused, fused_engine
     except Exception as e:  # the fusions are optional: report why they were skipped, keep the simplified graph
         record("optimize", simplified, t0, {"kept": False}, True, f"skipped: {common.first_line(e)}")
     report.failures.clear()  # a skipped optimization is reported but does not fail the export
@@ -452,7 +454,7 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
     wanted = {"int8": "int8-dynamic"}.get(opts.quant, opts.quant)
     candidates = list(SCHEMES) if wanted == "auto" else ([] if wanted == "fp32" else [wanted])
     built: dict[str, tuple[onnx.ModelProto, dict, dict]] = {}
-    engines = {"fp32": _engine(base, meta, threads)}
+    engines = {"fp32": base_engine}
     calib = np.stack([train[s:s + cfg["block_size"]] for s in
                       np.linspace(0, len(train) - cfg["block_size"] - 1, 16).astype(int)])
     for scheme in candidates:

@@ -85,8 +85,10 @@ def test_runtime_predict_next_matches_torch(tiny_amn):
     assert nxt.shape == (384,)
     batch = m.predict_next(np.concatenate([ctx, ctx])[:4])
     assert batch.shape == (4, 384)
-    np.testing.assert_allclose(batch[0], nxt, atol=1e-5)
-    tol = 1e-4 if m.meta["quantization"]["scheme"] == "fp32" else 0.1
+    fp32 = m.meta["quantization"]["scheme"] == "fp32"
+    tol = 1e-4 if fp32 else 0.1
+    # dynamic int8 scales activations over the whole batch, so a batched row is only close to the single call
+    np.testing.assert_allclose(batch[0], nxt, atol=1e-5 if fp32 else tol)
     with torch.no_grad():
         ref = ck.build_model()(torch.from_numpy(np.concatenate([ctx, ctx])[:4])).numpy()
     np.testing.assert_allclose(batch, ref, atol=tol)

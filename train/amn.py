@@ -11,7 +11,6 @@ caps documents (of each corpus).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from edgekit.models.amn import AMN, PRESETS, AMNConfig
 from edgekit.options import TrainOptions
 from edgekit.train import vectors
 from edgekit.train.checkpoint import save_checkpoint
-from edgekit.train.common import log, seed_everything
+from edgekit.train.common import log
 
 SAMPLE = 64  # held-out windows stored in the checkpoint for export's parity and quality checks
 
@@ -52,12 +51,7 @@ def evaluate(model: AMN, X, Y, *, batch: int = 1024) -> dict[str, float]:
 def train(preset_name: str, opts: TrainOptions) -> dict:
     """Train ``preset_name``; returns the summary with the checkpoint path and the figures vs baselines."""
     preset = PRESETS[preset_name]
-    if opts.resume:
-        raise UsageError(f"--resume is not supported for {preset.family} presets (runs take minutes); rerun")
-    hp, model_args = vectors.resolve_settings(preset, opts)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(hp["seed"])
+    hp, model_args, out = vectors.start_run(preset, opts)
     device, ctx = hp["device"], model_args["ctx"]
     source = hp["data"] or "stdlib"
     ood_source = hp["ood"] if hp["ood"] != "auto" else "pydoc" if source == "stdlib" else "stdlib"

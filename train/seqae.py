@@ -10,18 +10,16 @@ bottleneck: the code zeroed, and (attention presets) the attention output zeroed
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgekit.errors import UsageError
 from edgekit.models.seqae import PRESETS, SeqAE, SeqAEConfig
 from edgekit.options import TrainOptions
 from edgekit.train import vectors
 from edgekit.train.checkpoint import save_checkpoint
-from edgekit.train.common import log, seed_everything
+from edgekit.train.common import log
 
 SAMPLE = 64  # held-out sequences stored in the checkpoint for export's parity and quality checks
 
@@ -85,12 +83,7 @@ def _mean_vector_baseline(train_ids, train_lengths, ids, lengths, table) -> floa
 def train(preset_name: str, opts: TrainOptions) -> dict:
     """Train ``preset_name``; returns the summary with the checkpoint path and held-out figures."""
     preset = PRESETS[preset_name]
-    if opts.resume:
-        raise UsageError(f"--resume is not supported for {preset.family} presets (runs take minutes); rerun")
-    hp, model_args = vectors.resolve_settings(preset, opts)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(hp["seed"])
+    hp, model_args, out = vectors.start_run(preset, opts)
     device = hp["device"]
     source = hp["data"] or "stdlib"
     seqs = vectors.token_sequences(source, max_len=hp["max_len"], cap=hp["tokens"])

@@ -379,6 +379,20 @@ def corpus_stats(source: str) -> dict:
 # ---------------------------------------------------------------- training, shared by seqae and amn
 
 
+def start_run(preset, opts) -> tuple[dict, dict, Path]:
+    """Common start of a vector-family run: refuse --resume, resolve settings, make the output folder, seed."""
+    from edgekit.errors import UsageError
+    from edgekit.train.common import seed_everything
+
+    if opts.resume:
+        raise UsageError(f"--resume is not supported for {preset.family} presets (runs take minutes); rerun")
+    hp, model_args = resolve_settings(preset, opts)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(hp["seed"])
+    return hp, model_args, out
+
+
 def resolve_settings(preset, opts) -> tuple[dict, dict]:
     """Training settings and model config from the preset, the CLI options and ``--set KEY=VALUE``.
 
