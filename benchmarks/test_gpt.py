@@ -106,6 +106,22 @@ def test_gpt_time_to_first_token_vs_pytorch(benchmark, gate, pair):
 
 
 @pytest.mark.gate
+def test_gpt_every_quantization_scheme_within_budget(benchmark, gate, pair):
+    """The export tried every scheme on this checkpoint; each one's figures are in the file."""
+    _, lm, _, art = pair
+    benchmark.group = "gpt"
+    steps = {s["step"]: s for s in lm.meta["verification"]["steps"]}
+    schemes = {k.split(":", 1)[1]: v for k, v in steps.items() if k.startswith("quantize:")}
+    benchmark(lambda: len(schemes))
+    benchmark.extra_info.update({k: {"val_loss_delta_pct": v["parity"]["val_loss_delta_pct"],
+                                     "greedy_agreement": v["parity"]["greedy_agreement"], "bytes": v["bytes"]}
+                                 for k, v in schemes.items()})
+    assert set(schemes) == {"int4", "int8-dynamic", "int8-nbits", "int8-static"}
+    gate("gpt.worst_scheme_val_loss_delta_pct", max(v["parity"]["val_loss_delta_pct"] for v in schemes.values()))
+    gate("gpt.worst_scheme_greedy_agreement", min(v["parity"]["greedy_agreement"] for v in schemes.values()))
+
+
+@pytest.mark.gate
 def test_gpt_default_export_size(benchmark, gate, pair):
     _, lm, _, art = pair
     benchmark.group = "gpt"

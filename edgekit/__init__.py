@@ -8,5 +8,5 @@ The runtime (``edgekit.runtime``) needs numpy, onnxruntime and tiktoken only.
 """
 from edgekit.errors import EdgekitError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["EdgekitError", "__version__"]

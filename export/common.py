@@ -173,7 +173,8 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_int8(model: onnx.ModelProto, *, op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather"),
-                  per_channel: bool = False, exclude_nodes: list[str] | None = None) -> onnx.ModelProto:
+                  per_channel: bool = False, exclude_nodes: list[str] | None = None,
+                  include_nodes: list[str] | None = None) -> onnx.ModelProto:
     """onnxruntime.quantization.quantize_dynamic: int8 weights, activations quantized on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -182,12 +183,14 @@ def quantize_int8(model: onnx.ModelProto, *, op_types: tuple[str, ...] = ("MatMu
         onnx.save(model, src)
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
                          per_channel=per_channel, nodes_to_exclude=exclude_nodes or [],
+                         nodes_to_quantize=include_nodes or [],
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         return onnx.load(dst)
 
 
 def quantize_nbits(model: onnx.ModelProto, *, bits: int = 4, block_size: int = 32, include_gather: bool = True,
-                   accuracy_level: int = 4) -> onnx.ModelProto:
+                   accuracy_level: int = 4, symmetric: bool = True,
+                   exclude_nodes: list[str] | None = None) -> onnx.ModelProto:
     """Weight-only block quantization: MatMul -> MatMulNBits (and Gather -> GatherBlockQuantized).
 
     accuracy_level 4 lets onnxruntime quantize activations to int8 and use integer dot products
@@ -198,10 +201,12 @@ def quantize_nbits(model: onnx.ModelProto, *, bits: int = 4, block_size: int = 3
     op_types = ("MatMul", "Gather") if include_gather else ("MatMul",)
     quant_axes = (("MatMul", 0), ("Gather", 1)) if include_gather else (("MatMul", 0),)
     with _quiet():
-        cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=bits,
+        cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits,
                                            accuracy_level=accuracy_level, op_types_to_quantize=op_types,
                                            quant_axes=quant_axes)
-        q = MatMulNBitsQuantizer(model, algo_config=cfg)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # the quantizer rewrites the model it is given in place
+        q = MatMulNBitsQuantizer(copy, algo_config=cfg, nodes_to_exclude=exclude_nodes or [])
         q.process()
         return q.model.model
 

@@ -28,6 +28,18 @@ def _part(name: str) -> str:
     return "transformer"
 
 
+def _op_types(graph):
+    """Operator types of a graph and of every subgraph inside it (the GPT export's Loop body)."""
+    for n in graph.node:
+        yield n.op_type
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _op_types(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _op_types(g)
+
+
 def inspect_model(path: str | os.PathLike) -> dict:
     path = str(path)
     if not os.path.isfile(path):
@@ -37,7 +49,7 @@ def inspect_model(path: str | os.PathLike) -> dict:
     except Exception as e:  # protobuf raises DecodeError and others for corrupt files
         raise ModelFileError(f"{path} is not an ONNX model ({type(e).__name__})") from None
     meta = parse_metadata({p.key: p.value for p in m.metadata_props}.get(META_KEY), path=path)
-    ops = collections.Counter(n.op_type for n in m.graph.node)
+    ops = collections.Counter(_op_types(m.graph))
     sizes: dict[str, int] = collections.Counter()
     for init in m.graph.initializer:
         sizes[_part(init.name) if meta["family"] == "gpt" else "weights"] += _tensor_bytes(init)

@@ -122,6 +122,11 @@ class GPTModel:
             raise ModelFileError(f"{path}: graph lacks inputs {sorted(missing)[:4]}; not an edgekit GPT export")
         self.defaults = meta.get("generation", {})
         self._keep = self.block_size - self.block_size // 4
+        # exports since edgekit 0.2 wrap the step in an ONNX Loop (input ``steps``, output ``tokens``):
+        # greedy decoding then runs many steps per onnxruntime call; older files run one step per call
+        self._looped_graph = "steps" in inputs and "tokens" in {o.name for o in sess.get_outputs()}
+        self.loop = self._looped_graph  # greedy through the Loop; False drives it one pass per call
+        self._one = np.array(1, dtype=np.int64)
 
     # ----- the decode engine -------------------------------------------------------------------
     def _empty_past(self, batch: int) -> list[ort.OrtValue]:
@@ -132,20 +137,36 @@ class GPTModel:
         """One IOBinding per generation (cheaper than a new one every step)."""
         return self.session.io_binding()
 
-    def _step(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue], io: ort.IOBinding | None = None):
-        """One graph call: (B, T) ids -> logits (B, V) numpy and presents as OrtValues."""
+    def _call(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue], io: ort.IOBinding | None,
+              steps: int):
         io = io or self._binding()
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
         for name, v in zip(self._past_names, past):
             io.bind_ortvalue_input(name, v)
+        if self._looped_graph:
+            io.bind_cpu_input("steps", self._one if steps == 1 else np.array(steps, dtype=np.int64))
         # outputs are re-bound to the device each step: after a run they are sized for that run's shapes
         io.bind_output("logits", "cpu")
         for name in self._present_names:
             io.bind_output(name, "cpu")
+        if self._looped_graph:
+            io.bind_output("tokens", "cpu")
         self.session.run_with_iobinding(io)
-        outs = io.get_outputs()
-        return outs[0].numpy(), outs[1:]
+        return io.get_outputs()
+
+    def _step(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue], io: ort.IOBinding | None = None):
+        """One forward pass: (B, T) ids -> logits (B, V) numpy and presents as OrtValues."""
+        outs = self._call(ids, mask, past, io, 1)
+        logits = outs[0].numpy()
+        return (logits[-1] if self._looped_graph else logits), outs[1:1 + len(self._present_names)]
+
+    def _greedy_steps(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue], io: ort.IOBinding,
+                      steps: int) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """``steps`` greedy passes in one call (the Loop graph): (k, B) tokens, k <= steps (stops early
+        when every row's token is end-of-text), and the presents after the k passes."""
+        outs = self._call(ids, mask, past, io, steps)
+        return outs[-1].numpy(), outs[1:1 + len(self._present_names)]
 
     def _heal(self, ids: list[int]) -> tuple[list[int], np.ndarray | None, int]:
         """Token healing: a prompt ending mid-token ("import " ends in a lone space that BPE would have
@@ -193,14 +214,23 @@ class GPTModel:
         ttft = None
         ones = np.ones((B, 1), dtype=np.int64)
         io = self._binding()
+        # greedy on a Loop graph: after the first token (Python, for token healing and an honest time to
+        # first token), the graph runs many passes per call; ``pending`` holds the tokens it returned.
+        # Streaming takes them in chunks of 16 so text still arrives within a few milliseconds.
+        looped = self.loop and opts.temperature == 0.0
+        chunk = 16 if on_token is not None else opts.max_new_tokens
+        pending: list[np.ndarray] = []
         for step in range(opts.max_new_tokens):
-            logits = logits[:, : self.vocab_size]
-            if step == 0 and any(h[1] is not None for h in healed):
-                logits = logits.copy()
-                for b, (_, allowed, _) in enumerate(healed):
-                    if allowed is not None:
-                        logits[b, ~allowed[: logits.shape[1]]] = -np.inf
-            nxt = sample_next(logits, opts, rng)
+            if pending:
+                nxt = pending.pop(0)
+            else:
+                logits = logits[:, : self.vocab_size]
+                if step == 0 and any(h[1] is not None for h in healed):
+                    logits = logits.copy()
+                    for b, (_, allowed, _) in enumerate(healed):
+                        if allowed is not None:
+                            logits[b, ~allowed[: logits.shape[1]]] = -np.inf
+                nxt = sample_next(logits, opts, rng)
             for b in range(B):
                 if done[b]:
                     continue
@@ -229,7 +259,18 @@ class GPTModel:
                 logits, past, mask = self._prefill(rows)
                 continue
             mask = np.concatenate([mask, ones], axis=1)
-            logits, past = self._step(nxt.astype(np.int64).reshape(B, 1), mask, past, io)
+            if pending:
+                continue  # already computed by the last Loop call
+            todo = opts.max_new_tokens - step - 1
+            room = self.block_size - mask.shape[1] + 1  # passes that fit before the window must slide
+            if looped and todo > 1 and room > 1:
+                n = min(todo, room, chunk)
+                toks, past = self._greedy_steps(nxt.astype(np.int64).reshape(B, 1), mask, past, io, n)
+                # the call consumed nxt and every returned token but the last; the mask catches up as
+                # the tokens are popped above (one column each), exactly as if they had been stepped
+                pending = list(toks)
+            else:
+                logits, past = self._step(nxt.astype(np.int64).reshape(B, 1), mask, past, io)
         total = time.perf_counter() - t0
         for b in range(B):
             tail = decoders[b].flush()

@@ -32,7 +32,10 @@ def test_dynamic_axes_stay_symbolic_after_simplify(tiny_gpt):
     assert dims["input_ids"] == ["batch", "sequence"]
     assert dims["past.0.key"] == ["batch", 2, "past_sequence", 16]
     assert dims["attention_mask"] == ["batch", "total_sequence"]
-    assert dims["logits"] == ["batch", 50257]
+    # the written file wraps the step in the generation Loop: logits per pass, greedy tokens per pass
+    assert dims["logits"] == ["steps_run", "batch", "logits_width"]
+    assert dims["present.0.key"][0] == "batch" and isinstance(dims["present.0.key"][2], str)
+    assert dims["steps"] == [] and dims["tokens"] == ["steps_run", "batch"]
 
 
 def test_quantized_default_passes_its_budget(tiny_soma):

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import run_cli
 from edgekit.errors import UsageError
+from edgekit.runtime.gpt import SamplingOptions
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,22 @@ def test_cli_help_does_not_import_torch():
     code = "import sys\nfrom edgekit.cli import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip().endswith("False"), r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("n", [1, 2, 17, 150])
+def test_loop_graph_gives_the_tokens_of_python_driven_steps(tiny_soma, n):
+    """Greedy decoding through the file's ONNX Loop (many passes per call, streaming in 16-token
+    chunks, window slides in between) yields exactly the tokens of one Python-driven pass per token."""
+    from edgekit.runtime import load
+
+    looped, stepped = load(tiny_soma["onnx"], threads=1), load(tiny_soma["onnx"], threads=1)
+    assert looped.loop, "exports wrap the decode step in the generation Loop"
+    stepped.loop = False  # the same file driven one pass per call, as files without the Loop are
+    opts = SamplingOptions(max_new_tokens=n, heal=False)
+    prompts = [looped.encode("def get_"), looped.encode("import os\nclass A:\n    x = ")]
+    a, b = looped._run(prompts, opts), stepped._run(prompts, opts)
+    streamed = looped._run(prompts[:1], opts, on_token=lambda row, piece: None)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert streamed[0].token_ids == b[0].token_ids
+    assert [g.window_slides for g in a] == [g.window_slides for g in b]
+    assert n < looped.block_size or a[0].window_slides > 0 or a[0].stop_reason == "eot"
