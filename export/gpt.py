@@ -466,26 +466,26 @@ class Int4Search:
                 "accuracy_level": 4, "four_bit": sorted(four), "eight_bit": sorted(set(self.size) - four),
                 "four_bit_weight_share": round(sum(self.size[n] for n in four) / total, 4)}
 
-    def run(self, passes):
-        """passes(model) -> (ok, figures); returns (model, recipe, figures, ok) of the smallest passing mix."""
+    def run(self, measure):
+        """measure(model) -> (engine, figures); returns (model, recipe, engine, figures) of the mix with
+        the most 4-bit weights that passes (all-8-bit, checked like the others, when none does)."""
         everything = set(self.size)
         q = self.build(everything)
-        ok, figs = passes(q)
-        if ok:
-            return q, self.recipe(everything), figs, True
+        eng, f = measure(q)
+        if within_budget(f):
+            return q, self.recipe(everything), eng, f
         four: set[str] = set()
         best = None
         for name in sorted(self.size, key=lambda n: -self.size[n]):
             trial = four | {name}
             q = self.build(trial)
-            ok, f = passes(q)
-            if ok:
-                four, best = trial, (q, f)
+            eng, f = measure(q)
+            if within_budget(f):
+                four, best = trial, (q, eng, f)
         if best is None:
             q = self.build(set())
-            ok, f = passes(q)
-            best = (q, f)
-        return best[0], self.recipe(four), best[1], ok
+            best = (q, *measure(q))
+        return best[0], self.recipe(four), best[1], best[2]
 
 
 def _token_gather(model: onnx.ModelProto) -> str:
@@ -661,16 +661,11 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
         t0 = time.time()
         try:
             if scheme == "int4":
-                tried: dict[int, tuple] = {}
-
-                def passes(m):
+                def measure(m):
                     e = _engine(m, meta, threads)
-                    r = check(e, probe)
-                    tried[id(m)] = (e, r)
-                    return within_budget(r), r
+                    return e, check(e, probe)
 
-                q, recipe, f, _ = Int4Search(base).run(passes)
-                eng = tried[id(q)][0]
+                q, recipe, eng, f = Int4Search(base).run(measure)
             else:
                 q, recipe = quantize(base, scheme=scheme, calib=calib, cfg=cfg)
                 eng = _engine(q, meta, threads)
