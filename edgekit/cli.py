@@ -161,12 +161,22 @@ QUANT_CHOICES = ["auto", "fp32", "int8", "int8-dynamic", "int8-nbits", "int8-sta
               help="Quantization scheme; auto picks the smallest that is not slower than fp32 and within budget.")
 @click.option("--meta", default=None, help="nanoGPT character-level meta.pkl.")
 @click.option("--data", default=None, help="Held-out data for the quality checks (default: the family's).")
-@click.option("--threads", type=int, default=1, show_default=True, help="Threads for the speed measurements.")
+@click.option("--threads", type=int, default=None,
+              help="Threads for torch and onnxruntime (default: $OMP_NUM_THREADS; else torch uses every core and "
+                   "the speed measurements 1 thread).")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export(checkpoint, out, quant, meta, data, threads, quiet, as_json):
-    """Export CHECKPOINT to one verified, quantized, self-describing .onnx file."""
-    if threads < 1:
+    """Export CHECKPOINT to one verified, quantized, self-describing .onnx file.
+
+    For a karpathy/nanoGPT ckpt.pt, data/<dataset>/meta.pkl and val.bin are found as nanoGPT's
+    sample.py finds them: in the working folder, then beside the checkpoint's parent folders."""
+    if threads is None and os.environ.get("OMP_NUM_THREADS"):
+        env = os.environ["OMP_NUM_THREADS"]
+        if not env.isdigit() or int(env) < 1:
+            raise click.BadParameter(f"OMP_NUM_THREADS must be a positive integer; got {env!r}", param_hint="--threads")
+        threads = int(env)
+    if threads is not None and threads < 1:
         raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
     from edgekit.fileio import check_writable_target
     from edgekit.models.registry import get_family
@@ -175,7 +185,8 @@ def export(checkpoint, out, quant, meta, data, threads, quiet, as_json):
     target = out or os.path.splitext(checkpoint)[0] + ".onnx"
     check_writable_target(target, inputs=(checkpoint, meta))
     ckpt = load_checkpoint(checkpoint, meta=meta)
-    opts = ExportOptions(out=target, quant=quant, meta=meta, data=data, threads=threads, progress=not quiet)
+    opts = ExportOptions(out=target, quant=quant, meta=meta, data=data, threads=threads or 1, progress=not quiet,
+                         torch_threads_cap=threads)
     report = get_family(ckpt.family).exporter().export(ckpt, opts)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
@@ -194,9 +205,13 @@ def export(checkpoint, out, quant, meta, data, threads, quiet, as_json):
 @click.option("--top-p", type=float, default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
+@click.option("--no-heal", is_flag=True, help="Feed the prompt's tokens as they are (no token healing; GPT).")
+@click.option("--window", type=click.Choice(["slide", "exact"]), default=None,
+              help="Past the block: slide (re-encode the last 3/4 block when full, fast) or exact (nanoGPT's "
+                   "crop to the last block_size tokens every step; one prefill per token). Default: slide.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
-def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop, threads, as_json):
+def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop, no_heal, window, threads, as_json):
     """Run MODEL on INPUTS: a prompt (GPT), words (bytecnn) or a .npy/text (vector families); '-' reads stdin."""
     if threads is not None and threads < 1:
         raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
@@ -206,7 +221,7 @@ def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop, 
     lm = load(model, threads=threads)
     module = __import__(FAMILIES[lm.family].runtime_module, fromlist=["infer_cli"])
     opts = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-            "seed": seed, "stop": list(stop), "json": as_json}
+            "seed": seed, "stop": list(stop), "json": as_json, "no_heal": no_heal or None, "window": window}
     return module.infer_cli(lm, list(inputs), opts)
 
 

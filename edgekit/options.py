@@ -29,5 +29,11 @@ class ExportOptions:
     quant: str = "auto"  # auto | fp32 | int8 | int4 (families may add schemes)
     meta: str | None = None  # nanoGPT character-level meta.pkl
     data: str | None = None  # held-out data for quality checks; None = the family's default
-    threads: int = 1  # threads for the speed measurements behind quant=auto
+    threads: int = 1  # onnxruntime threads for verification and the speed measurements behind quant=auto
     progress: bool = True
+    torch_threads_cap: int | None = None  # torch's threads (--threads or OMP_NUM_THREADS); None = all cores
+
+    def torch_threads(self) -> int:
+        import os
+
+        return self.torch_threads_cap or max(1, os.cpu_count() or 1)

@@ -64,7 +64,12 @@ class ExportReport:
             rows.append((s.step, _human_bytes(s.bytes), par, f"{s.seconds:.1f}s",
                          ("ok" + (f" ({s.note})" if s.note else "")) if s.ok else f"FAIL {s.note}"))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        auto = self.extra.get("auto")
+        if auto:  # why each other scheme lost, in the table and not only in --json
+            lines.append(f"auto: chose {auto['chosen']}")
+            lines += [f"  {scheme}: {why}" for scheme, why in auto.get("rejected", {}).items()]
+        return "\n".join(lines)
 
 
 def _fmt(v) -> str:

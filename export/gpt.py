@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from edgekit.errors import ExportError
-from edgekit.export import common
+from edgekit.export import common, rewrites
 from edgekit.export.common import ExportReport, StepRecord
 from edgekit.models.gpt import GPT
 from edgekit.options import ExportOptions
@@ -165,23 +165,26 @@ def untie_head(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Tied weights reach the head as Gemm(transB=1) or MatMul(Transpose(wte)); onnxruntime's quantizers
     only quantize MatMuls whose weight is an initializer, and a head left in fp32 is the slow path.
+    The head is the projection that reads the token embedding's own initializer (the table the
+    ``input_ids`` Gather reads), whatever the vocabulary size: a character model's 65 x 384 head is
+    as much the head as GPT-2's 50,257 x 96 one.
     """
     m = _copy(model)
     inits = {i.name: i for i in m.graph.initializer}
     producers = {o: n for n in m.graph.node for o in n.output}
+    wte = next((n.input[0] for n in m.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"
+                and n.input[0] in inits), None)
+    if wte is None:
+        raise ExportError("could not find the token embedding (a Gather of input_ids) to untie the LM head from")
     for node in m.graph.node:
-        if node.op_type == "Gemm" and len(node.input) == 2 and node.input[1] in inits:
+        if node.op_type == "Gemm" and len(node.input) == 2 and node.input[1] == wte:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             if attrs.get("transB", 0) != 1 or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0:
                 continue
-            w = onnx.numpy_helper.to_array(inits[node.input[1]])
-        elif node.op_type == "MatMul" and node.input[1] in producers and producers[node.input[1]].op_type == "Transpose" \
-                and producers[node.input[1]].input[0] in inits:
-            w = onnx.numpy_helper.to_array(inits[producers[node.input[1]].input[0]])
-        else:
+        elif not (node.op_type == "MatMul" and node.input[1] in producers
+                  and producers[node.input[1]].op_type == "Transpose" and producers[node.input[1]].input[0] == wte):
             continue
-        if w.ndim != 2 or w.shape[0] < w.shape[1]:  # (V, C) with V > C: the vocabulary projection
-            continue
+        w = onnx.numpy_helper.to_array(inits[wte])  # (V, C)
         name = "lm_head.weight_t"
         m.graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(w.T), name))
         new = onnx.helper.make_node("MatMul", [node.input[0], name], list(node.output), name="lm_head_matmul")
@@ -219,13 +222,13 @@ def optimize(model: onnx.ModelProto, cfg: dict) -> onnx.ModelProto:
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model = _copy(model)  # the optimizer edits its input in place
+    model = rewrites.zero_layernorm_bias(model)  # a copy: the optimizer edits its input in place
     with common._quiet():
         opts = FusionOptions("gpt2")
         opts.enable_attention = False  # edgekit's attention pattern is not HF GPT-2's; keep it exact
         opt = optimize_model(model, model_type="gpt2", num_heads=cfg["n_head"], hidden_size=cfg["n_embd"],
                              optimization_options=opts, opt_level=0, use_gpu=False, only_onnxruntime=False)
-    m = opt.model
+    m = rewrites.fuse_residual_layernorm(rewrites.fold_attention_bias(opt.model))
     if not any(o.domain == "com.microsoft" for o in m.opset_import):  # fused ops live in onnxruntime's domain
         m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return m
@@ -572,27 +575,88 @@ def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta:
 
 
 # ----- the pipeline ---------------------------------------------------------------------------------
-def _val_tokens(ckpt: Checkpoint, opts: ExportOptions, tok, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out tokens for verification (the training corpus's val split) and training windows for calibration."""
-    from edgekit.train.data import build_corpus
+class _Lenient:
+    """A character tokenizer that skips (and counts) characters outside its vocabulary, for
+    verification text the user did not choose: the stdlib has characters a nanoGPT model never saw."""
 
-    data = opts.data if opts.data is not None else ckpt.config.get("data")
-    if opts.data is None and data is not None and not os.path.exists(data):
-        log(f"[edgekit] the checkpoint's training data {data!r} is not here; verifying on the stdlib instead "
-            "(pass --data to choose)")
-        data = None
-    corpus = build_corpus(tok, data=data, tokens=200_000, min_tokens=block + 2)
-    return corpus.val, corpus.train
+    def __init__(self, tok):
+        self.tok, self.skipped = tok, 0
+        self.eot_id, self.n_vocab = tok.eot_id, tok.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        stoi = self.tok._stoi
+        ids = [stoi[c] for c in text if c in stoi]
+        self.skipped += len(text) - len(ids)
+        return ids
+
+
+def _in_vocab(ids: np.ndarray, vocab: int) -> tuple[np.ndarray, int]:
+    keep = ids < vocab
+    return ids[keep].astype(np.int32), int((~keep).sum())
+
+
+def verification_data(ckpt: Checkpoint, opts: ExportOptions, tok, block: int):
+    """Held-out tokens, calibration tokens and where they came from, in this order: ``--data``;
+    nanoGPT's ``data/<dataset>/val.bin`` (token ids, found like meta.pkl); the data recorded in an
+    edgekit checkpoint; the Python standard library, with a warning. Characters or ids outside the
+    vocabulary are skipped and counted, except in data the user named (an error there)."""
+    import hashlib
+
+    from edgekit.train.data import build_corpus
+    from edgekit.train.nanogpt import read_bin
+
+    files = ckpt.dataset
+    own = ckpt.config.get("data") if ckpt.source == "edgekit" else None
+    skipped, warning = 0, None
+    if opts.data is not None:
+        kind, name = "--data", opts.data
+        corpus = build_corpus(tok, data=opts.data, tokens=200_000, min_tokens=block + 2)
+        val, train = corpus.val, corpus.train
+    elif files is not None and files.val_bin is not None:
+        kind, name = "nanoGPT val.bin", str(files.val_bin)
+        val, skipped = _in_vocab(read_bin(files.val_bin)[:200_000], tok.n_vocab)
+        train = val
+        if files.train_bin is not None:
+            train, more = _in_vocab(read_bin(files.train_bin)[:200_000], tok.n_vocab)
+            skipped += more
+    else:
+        data = own if own is not None and os.path.exists(own) else None
+        kind = "checkpoint's training data" if data is not None else "Python standard library"
+        lenient = _Lenient(tok) if tok.eot_id is None and hasattr(tok, "_stoi") else tok
+        corpus = build_corpus(lenient, data=data, tokens=200_000, min_tokens=block + 2)
+        val, train, name = corpus.val, corpus.train, corpus.source
+        skipped = getattr(lenient, "skipped", 0)
+        if data is None:
+            why = (f"the checkpoint's training data {own!r} is not here" if own else
+                   f"no data/{files.dataset}/val.bin was found" if files is not None and files.dataset else
+                   "the checkpoint records no training data")
+            warning = f"verifying on the Python standard library: {why}; pass --data to choose"
+    if len(val) < block + 2:
+        raise ExportError(f"verification data {name} has {len(val)} usable tokens; needs at least {block + 2}")
+    info = {"source": kind, "name": name, "tokens": int(len(val)),
+            "sha256": hashlib.sha256(np.ascontiguousarray(val, dtype=np.int32).tobytes()).hexdigest(),
+            "skipped_out_of_vocabulary": skipped}
+    if warning:
+        info["warning"] = warning
+    return val, train, info
 
 
 def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
     t_start = time.time()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(opts.torch_threads())
     say = log if opts.progress else (lambda _m: None)
     model, cfg = prepare_model(ckpt)
     tok_spec = ckpt.tokenizer or {"kind": "gpt2"}
     tok = from_spec(tok_spec)
-    val, train = _val_tokens(ckpt, opts, tok, cfg["block_size"])
+    if ckpt.meta_path is not None:
+        say(f"[edgekit] vocabulary: {len(tok_spec['itos'])} characters from {ckpt.meta_path}")
+    val, train, data_info = verification_data(ckpt, opts, tok, cfg["block_size"])
+    say(f"[edgekit] verification data: {data_info['source']} {data_info['name']} ({data_info['tokens']:,} tokens"
+        + (f", {data_info['skipped_out_of_vocabulary']:,} out-of-vocabulary skipped" if data_info["skipped_out_of_vocabulary"] else "")
+        + ")")
+    if "warning" in data_info:
+        say(f"[edgekit] warning: {data_info['warning']}")
+    report_data = {"verification_data": data_info}
     probe = make_probe(model, val)
     meta = {"family": "gpt", "config": cfg, "vocab_size": tok.n_vocab, "tokenizer": tok_spec,
             "special_tokens": {"eot": tok.eot_id}, "block_size": cfg["block_size"],
@@ -600,8 +664,9 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
             "window": {"keep": cfg["block_size"] - cfg["block_size"] // 4},
             "source_checkpoint": os.path.basename(str(ckpt.path)), "source_sha256": ckpt.sha256,
             "source_format": ckpt.source, "source_iter": ckpt.iter_num, "source_best_val_loss": ckpt.best_val_loss}
-    report = ExportReport(output=str(opts.out), family="gpt", scheme="")
     threads = opts.threads
+    report = ExportReport(output=str(opts.out), family="gpt", scheme="",
+                          extra={**report_data, "threads": {"torch": torch.get_num_threads(), "onnxruntime": threads}})
 
     def record(step: str, m: onnx.ModelProto, t0: float, figures: dict, ok: bool, note: str = ""):
         report.steps.append(StepRecord(step=step, bytes=common.model_bytes(m), parity=figures,
@@ -670,8 +735,8 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
                 q, recipe = quantize(base, scheme=scheme, calib=calib, cfg=cfg)
                 eng = _engine(q, meta, threads)
                 f = check(eng, probe)
-        except ExportError as e:
-            report.failures.append(f"{scheme}: {e}")
+        except ExportError as e:  # the scheme could not be built: its row says why
+            record(f"quantize:{scheme}", base, t0, {}, False, f"could not be built: {e}")
             continue
         ok = within_budget(f)
         note = "" if ok else (f"val loss {f['val_loss_delta_pct']:+.2f}% (budget {VAL_LOSS_DELTA_PCT}%), greedy "
@@ -700,7 +765,8 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
         smallest = min(sizes.values())
         tied = [s for s in sizes if sizes[s] <= smallest * (1 + SIZE_TIE)]
         choice = max(tied, key=lambda s: speeds[s])
-        reasons = {s: ("failed its quality budget" if s not in built else "slower than fp32" if s not in fast
+        failed = {r.step.split(":", 1)[1]: r.note for r in report.steps if r.step.startswith("quantize:") and not r.ok}
+        reasons = {s: (failed.get(s, "failed its quality budget") if s not in built else "slower than fp32" if s not in fast
                        else "larger than " + choice if s not in tied else "slower than " + choice)
                    for s in candidates if s != choice}
         report.extra["auto"] = {"chosen": choice, "rejected": reasons}
@@ -720,6 +786,7 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
     meta["quantization"] = recipe
     meta["verification"] = {"steps": [dataclasses.asdict(s) for s in report.steps], "final": figs,
                             "torch_val_loss": probe.torch_loss, "decode_tokens_per_s": speeds,
+                            "data": data_info,
                             "budgets": {"fp32_max_abs_diff": FP32_TOL, "val_loss_delta_pct": VAL_LOSS_DELTA_PCT,
                                         "greedy_agreement": GREEDY_AGREEMENT}}
     common.write_model(final, path=opts.out, meta=meta)

@@ -11,10 +11,13 @@ Graph contract: inputs ``input_ids`` (B, T) int64, ``attention_mask`` (B, P+T) i
 ``present.{i}.key|value`` (B, heads, P+T, head_size). Presents stay OrtValues and are bound as the next
 step's pasts through IOBinding, so the cache is never converted to numpy.
 
-Sliding window: the model never sees more than ``block_size`` tokens. When prompt plus completion would
-exceed it, the context is re-encoded from its last ``block_size - block_size // 4`` tokens (positions
-restart at 0, as in training windows), so the window slides by a quarter block at a time and only one
-prefill happens every ``block_size // 4`` generated tokens.
+Context window: the model never sees more than ``block_size`` tokens. A prompt that fits is fed whole.
+``window="slide"`` (the default, fast): when prompt plus completion would exceed the block, the context is
+re-encoded from its last ``block_size - block_size // 4`` tokens (positions restart at 0, as in training
+windows), so the window slides by a quarter block at a time and costs one prefill every
+``block_size // 4`` generated tokens; a longer prompt keeps that many of its last tokens.
+``window="exact"``: karpathy/nanoGPT's ``generate``: every step past the block re-encodes the last
+``block_size`` tokens, one prefill per generated token, and gives nanoGPT's tokens exactly.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from edgekit.errors import UsageError
 from edgekit.runtime.tokenizer import Tokenizer, from_spec
 
 MAX_NEW_TOKENS_LIMIT = 100_000
+WINDOWS = ("slide", "exact")
 
 
 @dataclass
@@ -61,8 +65,11 @@ class SamplingOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     heal: bool = True  # token healing: regenerate the prompt's last token so "import " can become "import sys"
+    window: str = "slide"  # slide: re-encode the last 3/4 block when full (fast); exact: nanoGPT's crop every step
 
     def validate(self, vocab: int) -> None:
+        if self.window not in WINDOWS:
+            raise UsageError(f"window must be one of {', '.join(WINDOWS)}; got {self.window!r}")
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \
                 or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
             raise UsageError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT:,}; got {self.max_new_tokens!r}")
@@ -202,7 +209,9 @@ class GPTModel:
         rng = np.random.default_rng(opts.seed)
         eot = self.tokenizer.eot_id
         healed = [self._heal(list(p)) if opts.heal else (list(p), None, 0) for p in prompts_ids]
-        rows = [h[0][-self._keep:] for h in healed]
+        # a prompt that fits the block is fed whole; a longer one keeps what the window mode keeps
+        keep = self.block_size if opts.window == "exact" else self._keep
+        rows = [h[0] if len(h[0]) <= self.block_size else h[0][-keep:] for h in healed]
         out: list[list[int]] = [[] for _ in range(B)]
         done = np.zeros(B, dtype=bool)
         reasons = ["length"] * B
@@ -253,9 +262,9 @@ class GPTModel:
                 ttft = time.perf_counter() - t0
             if done.all() or step == opts.max_new_tokens - 1:
                 break
-            if mask.shape[1] + 1 > self.block_size:  # slide the window: re-encode the last _keep tokens
+            if mask.shape[1] + 1 > self.block_size:  # full: re-encode the last `keep` tokens (see window)
                 slides += 1
-                rows = [r[-self._keep:] for r in rows]
+                rows = [r[-keep:] for r in rows]
                 logits, past, mask = self._prefill(rows)
                 continue
             mask = np.concatenate([mask, ones], axis=1)
@@ -286,12 +295,12 @@ class GPTModel:
                 for b in range(B)]
 
     # ----- public API ----------------------------------------------------------------------------
-    def _opts(self, max_new_tokens, temperature, top_k, top_p, seed, stop, heal=True) -> SamplingOptions:
+    def _opts(self, max_new_tokens, temperature, top_k, top_p, seed, stop, heal=True, window="slide") -> SamplingOptions:
         d = self.defaults
         stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
         return SamplingOptions(max_new_tokens=d.get("max_new_tokens", 64) if max_new_tokens is None else max_new_tokens,
                                temperature=d.get("temperature", 0.0) if temperature is None else temperature,
-                               top_k=top_k, top_p=top_p, seed=seed, stop=stop, heal=heal)
+                               top_k=top_k, top_p=top_p, seed=seed, stop=stop, heal=heal, window=window)
 
     def encode(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
@@ -306,19 +315,19 @@ class GPTModel:
 
     def generate(self, prompt: str, *, max_new_tokens: int | None = None, temperature: float | None = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop=None, heal: bool = True) -> Generation:
+                 stop=None, heal: bool = True, window: str = "slide") -> Generation:
         """Complete ``prompt``; greedy by default (deterministic), ``seed`` makes sampling repeatable."""
-        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal)
+        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, window)
         return self._run([self.encode(prompt)], opts)[0]
 
     def stream(self, prompt: str, *, max_new_tokens: int | None = None, temperature: float | None = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
-               heal: bool = True):
+               heal: bool = True, window: str = "slide"):
         """Yield text pieces as they are decoded (whole UTF-8 characters only); returns the Generation."""
         import queue
         import threading
 
-        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal)
+        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, window)
         ids = self.encode(prompt)
         q: queue.Queue = queue.Queue()
         result: list = []
@@ -339,11 +348,12 @@ class GPTModel:
 
     def generate_batch(self, prompts: list[str], *, max_new_tokens: int | None = None,
                        temperature: float | None = 0.0, top_k: int | None = None, top_p: float | None = None,
-                       seed: int | None = None, stop=None, heal: bool = True) -> list[Generation]:
+                       seed: int | None = None, stop=None, heal: bool = True,
+                       window: str = "slide") -> list[Generation]:
         """Complete several prompts in one batch (left-padded); each row stops on its own."""
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise UsageError("generate_batch needs a non-empty list of prompts")
-        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal)
+        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, window)
         return self._run([self.encode(p) for p in prompts], opts)
 
 
@@ -363,7 +373,8 @@ def infer_cli(model: GPTModel, inputs: list[str], opts: dict) -> int:
         except UnicodeDecodeError as e:
             raise UsageError(f"stdin is not valid UTF-8 (byte {e.start}); give UTF-8 text") from None
     kwargs = dict(max_new_tokens=opts.get("max_new_tokens"), temperature=opts.get("temperature"),
-                  top_k=opts.get("top_k"), top_p=opts.get("top_p"), seed=opts.get("seed"), stop=opts.get("stop"))
+                  top_k=opts.get("top_k"), top_p=opts.get("top_p"), seed=opts.get("seed"), stop=opts.get("stop"),
+                  heal=not opts.get("no_heal"), window=opts.get("window") or "slide")
     if opts.get("json"):
         g = model.generate(prompt, **kwargs)
         sys.stdout.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")

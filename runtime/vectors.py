@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekit.errors import UsageError
 
-GENERATION_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop")
+GENERATION_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "no_heal", "window")
 
 
 def reject_generation_options(opts: dict, *, family: str) -> None:

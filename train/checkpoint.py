@@ -24,6 +24,7 @@ import edgekit
 from edgekit.errors import CheckpointError
 from edgekit.fileio import atomic_path
 from edgekit.models.registry import FAMILIES, get_family
+from edgekit.train.nanogpt import DatasetFiles, find_dataset
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)  # everything else (optimizer, rng state, log)
     sha256: str = ""
     source: str = "edgekit"  # "edgekit" or "nanogpt"
+    meta_path: Path | None = None  # the meta.pkl the tokenizer came from (--meta or nanoGPT's data folder)
+    dataset: DatasetFiles | None = None  # nanoGPT's data/<dataset> files found for this checkpoint
 
     def build_model(self):
         """Instantiate the family's model and load the weights strictly, in eval mode."""
@@ -129,7 +132,34 @@ def load_meta_pkl(path: str | Path) -> dict:
         table = [itos[i] for i in range(len(itos))]
     except KeyError:
         raise CheckpointError(f"{path}: 'itos' must map 0..n-1 to characters") from None
+    declared = meta.get("vocab_size", len(table))
+    if declared != len(table):
+        raise CheckpointError(f"{path}: 'vocab_size' is {declared!r} but 'itos' has {len(table)} characters")
     return {"kind": "char", "itos": table}
+
+
+def _nanogpt_tokenizer(path: Path, model_args: dict, config: dict, meta: str | Path | None):
+    """(tokenizer spec, meta.pkl used, dataset files) for a nanoGPT checkpoint, as sample.py decides:
+    --meta if given, else data/<config['dataset']>/meta.pkl if found, else GPT-2 BPE; checked against
+    the model's vocabulary so a wrong meta.pkl is an error, not a trimmed head and garbage output."""
+    files = find_dataset(path, config)
+    meta_path = Path(meta) if meta is not None else files.meta
+    vocab = model_args.get("vocab_size")
+    if meta_path is None:
+        if isinstance(vocab, int) and vocab < 50257:
+            where = ", ".join(str(d) for d in files.searched) or "nowhere: the checkpoint's config names no dataset"
+            raise CheckpointError(
+                f"checkpoint {path} has a {vocab}-id vocabulary (a character-level model?) but no meta.pkl was "
+                f"found (looked in {where}); pass --meta data/<dataset>/meta.pkl")
+        return {"kind": "gpt2"}, None, files
+    spec = load_meta_pkl(meta_path)
+    n = len(spec["itos"])
+    if isinstance(vocab, int) and n != vocab:
+        raise CheckpointError(
+            f"{meta_path} has {n} characters but checkpoint {path} has a {vocab:,}-id vocabulary"
+            + (" (a GPT-2 BPE model: it needs no meta.pkl)" if vocab >= 50257 else "")
+            + "; give the meta.pkl of the dataset it was trained on")
+    return spec, meta_path, files
 
 
 def _check_finite(path: Path, state: dict) -> None:
@@ -166,11 +196,12 @@ def load_checkpoint(path: str | Path, *, meta: str | Path | None = None) -> Chec
     state = strip_compile_prefix(state)
     _check_finite(path, state)
     source = "edgekit" if "family" in obj else "nanogpt"
-    tokenizer = obj.get("tokenizer")
-    if meta is not None:
-        tokenizer = load_meta_pkl(meta)
-    elif source == "nanogpt":
-        tokenizer = {"kind": "gpt2"}
+    config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    tokenizer, meta_path, files = obj.get("tokenizer"), None, None
+    if source == "nanogpt":
+        tokenizer, meta_path, files = _nanogpt_tokenizer(path, model_args, config, meta)
+    elif meta is not None:
+        tokenizer, meta_path = load_meta_pkl(meta), Path(meta)
     best = obj.get("best_val_loss")
     best = float(best) if isinstance(best, (int, float, torch.Tensor)) else None
     if best is not None and not math.isfinite(best):
@@ -178,6 +209,6 @@ def load_checkpoint(path: str | Path, *, meta: str | Path | None = None) -> Chec
     known = {"model", "model_args", "iter_num", "best_val_loss", "config", "family", "tokenizer"}
     return Checkpoint(
         path=path, family=family, model_args=dict(model_args), state_dict=state, tokenizer=tokenizer,
-        iter_num=int(obj.get("iter_num", 0) or 0), best_val_loss=best,
-        config=obj.get("config") if isinstance(obj.get("config"), dict) else {},
-        extra={k: v for k, v in obj.items() if k not in known}, sha256=file_sha256(path), source=source)
+        iter_num=int(obj.get("iter_num", 0) or 0), best_val_loss=best, config=config,
+        extra={k: v for k, v in obj.items() if k not in known}, sha256=file_sha256(path), source=source,
+        meta_path=meta_path, dataset=files)
