@@ -232,17 +232,74 @@ def optimize(model: onnx.ModelProto, cfg: dict) -> onnx.ModelProto:
 
 
 # ----- the single-call generation loop ---------------------------------------------------------------
-def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
-    """Put the decode step inside an ONNX ``Loop`` so greedy generation is one onnxruntime call.
+def _sampler_nodes(p: str, logits: str, token: str) -> list[onnx.NodeProto]:
+    """The in-graph sampler: repetition penalty, top-k, temperature, top-p and an inverse-CDF draw.
 
-    The file keeps the step's inputs and outputs and adds one input, ``steps`` (int64 scalar), and one
-    output, ``tokens`` (k, B). Pass 1 consumes ``input_ids``, every later pass the previous pass's
-    argmax, so ``tokens[i]`` is the greedy token after pass i; the loop stops early once every row's
-    token is ``eot``, and the presents are those after the last pass. ``steps=1`` is the plain step
-    (sampling drives it from Python) and returns ``logits`` (1, B, V); for ``steps>1`` ``logits`` is
-    (k, B, 0): copying 50k logits out of every pass cost more than the loop saved. The Loop sits at the
-    top level on purpose: nested in an ``If`` it ran 4x slower here. The weights stay in the outer
-    graph and the body reads them from the enclosing scope, so the file grows only by a few nodes.
+    Reads (from the enclosing graph) ``temperature`` and ``top_p`` (float scalars), ``top_k`` (int64
+    (1,)), ``repeat_penalty`` (float scalar), and from the loop state ``recent_ids`` (B, N) and the
+    step's uniform ``u`` (B,). Writes ``token`` (B, 1) int64. Greedy is the same path with top_k 1
+    (TopK keeps the lower index on ties, as ArgMax does). The draw runs over the k survivors sorted
+    by descending probability: ``count(cumsum(p) < u * sum(p))`` (runtime.gpt.sample_next mirrors it).
+    Repetition penalty as llama.cpp's: a logit of a token among the last N is divided by the penalty
+    when positive, multiplied when not, once per distinct token (duplicates scatter the same value).
+    """
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+
+    def const(name, dtype, dims, vals):
+        return h.make_node("Constant", [], [name], value=h.make_tensor(name, dtype, dims, vals))
+
+    outer = {"temperature", "top_k", "top_p", "repeat_penalty"}  # read from the enclosing graph
+
+    def n(op, ins, outs, **kw):
+        return h.make_node(op, [x if x in outer else p + x for x in ins], [p + o for o in outs], **kw)
+
+    return [
+        h.make_node("GatherElements", [logits, p + "recent_ids"], [p + "seen"], axis=1),  # (B, N)
+        const(p + "f0", TP.FLOAT, [], [0.0]),
+        n("Greater", ["seen", "f0"], ["seen_pos"]),
+        n("Div", ["seen", "repeat_penalty"], ["seen_div"]),
+        n("Mul", ["seen", "repeat_penalty"], ["seen_mul"]),
+        n("Where", ["seen_pos", "seen_div", "seen_mul"], ["seen_new"]),
+        h.make_node("ScatterElements", [logits, p + "recent_ids", p + "seen_new"], [p + "penalized"], axis=1),
+        n("TopK", ["penalized", "top_k"], ["kv", "ki"], axis=-1, largest=1, sorted=1),  # (B, k) each
+        n("Div", ["kv", "temperature"], ["kz"]),
+        n("Softmax", ["kz"], ["kp"], axis=-1),
+        const(p + "ax1", TP.INT64, [], [1]),
+        n("CumSum", ["kp", "ax1"], ["kc"]),
+        n("Sub", ["kc", "kp"], ["before"]),
+        n("Less", ["before", "top_p"], ["keep"]),  # nucleus: always keeps the most likely token
+        n("Where", ["keep", "kp", "f0"], ["kq"]),
+        n("CumSum", ["kq", "ax1"], ["kc2"]),
+        const(p + "ax1v", TP.INT64, [1], [1]),
+        n("ReduceMax", ["kc2", "ax1v"], ["total"], keepdims=1),  # (B, 1)
+        n("Unsqueeze", ["u", "ax1v"], ["u2"]),  # (B, 1)
+        n("Mul", ["u2", "total"], ["thr"]),
+        n("Less", ["kc2", "thr"], ["below"]),
+        n("Cast", ["below"], ["below_i"], to=TP.INT64),
+        n("ReduceSum", ["below_i", "ax1v"], ["pick"], keepdims=1),  # (B, 1)
+        const(p + "i1", TP.INT64, [], [1]),
+        n("Sub", ["top_k", "i1"], ["kmax"]),
+        n("Min", ["pick", "kmax"], ["pick_c"]),
+        h.make_node("GatherElements", [p + "ki", p + "pick_c"], [token], axis=1),  # (B, 1)
+    ]
+
+
+def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
+    """Put the decode step and the sampler inside an ONNX ``Loop``, so a generation is one onnxruntime call.
+
+    The file keeps the step's inputs and outputs and adds the inputs ``steps`` (int64 scalar),
+    ``uniforms`` (steps, B) float, one draw in [0, 1) per pass and row (numpy draws them from the
+    seed, so sampling stays repeatable), ``temperature``, ``top_p`` and ``repeat_penalty`` (float
+    scalars), ``top_k`` (int64 (1,)) and ``recent_ids`` (B, N), the last N context tokens the
+    repetition penalty looks at, and one output, ``tokens`` (k, B). Pass 1 consumes ``input_ids``,
+    every later pass the previous pass's token, so ``tokens[i]`` is the token after pass i (greedy:
+    top_k 1, temperature 1, top_p 1, penalty 1); the loop stops early once every row's token is
+    ``eot``, and the presents are those after the last pass. ``steps=1`` is the plain step and
+    returns ``logits`` (1, B, V); for ``steps>1`` ``logits`` is (k, B, 0): copying 50k logits out of
+    every pass cost more than the loop saved. The Loop sits at the top level on purpose: nested in an
+    ``If`` it ran 4x slower here. The weights stay in the outer graph and the body reads them from the
+    enclosing scope, so the file grows only by a few nodes.
     """
     from onnx import TensorProto as TP
     from onnx import helper as h
@@ -277,12 +334,16 @@ def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
 
     p = "loop."
     body_nodes = renamed(p, {**keep, **{n: p + n for n in in_names}, "logits": p + "logits"})
+    body_nodes += [h.make_node("Gather", ["uniforms", p + "iter"], [p + "u"], axis=0)]  # (B,)
+    body_nodes += _sampler_nodes(p, p + "logits", p + "next")  # (B, 1)
     body_nodes += [
-        h.make_node("ArgMax", [p + "logits"], [p + "next"], axis=-1, keepdims=1),  # (B, 1)
         h.make_node("Shape", [p + "next"], [p + "b1"]),
         h.make_node("ConstantOfShape", [p + "b1"], [p + "ones"], value=h.make_tensor("one", TP.INT64, [1], [1])),
         h.make_node("Concat", [p + "attention_mask", p + "ones"], [p + "mask_out"], axis=1),
         const(p + "axis1", TP.INT64, [1], [1]),
+        const(p + "int_max", TP.INT64, [1], [2**62]),
+        h.make_node("Slice", [p + "recent_ids", p + "axis1", p + "int_max", p + "axis1"], [p + "recent_tail"]),
+        h.make_node("Concat", [p + "recent_tail", p + "next"], [p + "recent_out"], axis=1),
         h.make_node("Squeeze", [p + "next", p + "axis1"], [p + "token"]),  # (B,)
         const(p + "eot", TP.INT64, [], [-1 if eot is None else int(eot)]),
         h.make_node("Equal", [p + "token", p + "eot"], [p + "is_eot"]),
@@ -297,8 +358,10 @@ def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
     body = h.make_graph(
         body_nodes, "decode_step",
         [h.make_tensor_value_info(p + "iter", TP.INT64, []), h.make_tensor_value_info(p + "cond", TP.BOOL, []),
-         vi(p + "input_ids", TP.INT64), vi(p + "attention_mask", TP.INT64)] + [vi(p + n) for n in past],
-        [h.make_tensor_value_info(p + "cond_out", TP.BOOL, []), vi(p + "next", TP.INT64), vi(p + "mask_out", TP.INT64)]
+         vi(p + "input_ids", TP.INT64), vi(p + "attention_mask", TP.INT64), vi(p + "recent_ids", TP.INT64)]
+        + [vi(p + n) for n in past],
+        [h.make_tensor_value_info(p + "cond_out", TP.BOOL, []), vi(p + "next", TP.INT64), vi(p + "mask_out", TP.INT64),
+         vi(p + "recent_out", TP.INT64)]
         + [vi(p + n) for n in present] + [vi(p + "token", TP.INT64), vi(p + "logits_out")])
     outer_nodes = [
         const("one", TP.INT64, [], [1]),
@@ -307,10 +370,16 @@ def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
         const("all_columns", TP.INT64, [1], [2**62]),
         h.make_node("Mul", ["single_step_i", "all_columns"], ["logits_width"]),
         const("true", TP.BOOL, [], [True]),
-        h.make_node("Loop", ["steps", "true", "input_ids", "attention_mask", *past],
-                    ["last_ids", "last_mask", *present, "tokens", "logits"], body=body, name="generate"),
+        h.make_node("Loop", ["steps", "true", "input_ids", "attention_mask", "recent_ids", *past],
+                    ["last_ids", "last_mask", "last_recent", *present, "tokens", "logits"], body=body, name="generate"),
     ]
-    inputs = list(g.input) + [h.make_tensor_value_info("steps", TP.INT64, [])]
+    inputs = list(g.input) + [h.make_tensor_value_info("steps", TP.INT64, []),
+                              h.make_tensor_value_info("uniforms", TP.FLOAT, ["steps", "batch"]),
+                              h.make_tensor_value_info("temperature", TP.FLOAT, []),
+                              h.make_tensor_value_info("top_k", TP.INT64, [1]),
+                              h.make_tensor_value_info("top_p", TP.FLOAT, []),
+                              h.make_tensor_value_info("repeat_penalty", TP.FLOAT, []),
+                              h.make_tensor_value_info("recent_ids", TP.INT64, ["batch", "recent"])]
     outputs = [h.make_tensor_value_info("logits", TP.FLOAT, ["steps_run", "batch", "logits_width"])]
     outputs += list(g.output)[1:] + [h.make_tensor_value_info("tokens", TP.INT64, ["steps_run", "batch"])]
     graph = h.make_graph(outer_nodes, g.name or "edgekit_gpt", inputs, outputs, list(g.initializer))
@@ -550,7 +619,9 @@ def _quantize_static(model: onnx.ModelProto, calib: np.ndarray, cfg: dict):
 def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta: dict, threads: int,
                eot: int | None, record) -> onnx.ModelProto:
     """Wrap the chosen graph in the generation Loop and prove it changes nothing: the same logits for
-    a single step and the same greedy tokens (Loop-driven vs Python-driven) on every probe prompt."""
+    a single step, the same greedy tokens (Loop-driven vs Python-driven) on every probe prompt, the
+    in-graph sampler at top_k 1 equal to greedy, and sampled and penalized generations (seeded)
+    equal to numpy's reference sampler (runtime.gpt.sample_next / penalize) driving single passes."""
     t0 = time.time()
     looped = wrap_loop(step, eot=eot)
     engine = _engine(looped, meta, threads)
@@ -558,16 +629,29 @@ def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta:
     a = step_engine._step(x, np.ones_like(x), step_engine._empty_past(len(x)))[0]
     b = engine._step(x, np.ones_like(x), engine._empty_past(len(x)))[0]
     diff = common.max_abs_diff(a, b)
-    opts = SamplingOptions(max_new_tokens=probe.greedy.shape[1] - probe.prompts.shape[1], heal=False)
+    n = probe.greedy.shape[1] - probe.prompts.shape[1]
     prompts = probe.prompts.tolist()
-    same = [g1.token_ids == g2.token_ids for g1, g2 in
-            zip(step_engine._run(prompts, opts), engine._run(prompts, opts))]
-    ok = diff == 0.0 and all(same)
-    record("loop", looped, t0, {"max_abs_diff": diff, "identical_greedy": f"{sum(same)}/{len(same)}"}, ok,
-           "" if ok else "the generation Loop changed the model's outputs")
+    stepped = _engine(looped, meta, threads)
+    stepped.loop = False  # the same file, one pass per call: the sampler runs in numpy
+    figures = {"max_abs_diff": diff}
+    checks = {"identical_greedy": (SamplingOptions(max_new_tokens=n, heal=False), step_engine),
+              "top_k1_is_greedy": (SamplingOptions(max_new_tokens=n, heal=False, temperature=0.7, top_k=1, seed=0),
+                                   None),
+              "identical_sampled": (SamplingOptions(max_new_tokens=n, heal=False, temperature=0.8, top_k=40, top_p=0.95,
+                                                    seed=1), stepped),
+              "identical_penalized": (SamplingOptions(max_new_tokens=n, heal=False, repeat_penalty=1.3,
+                                                      repeat_last_n=16), stepped)}
+    greedy = [g.token_ids for g in step_engine._run(prompts, checks["identical_greedy"][0])]
+    ok = diff == 0.0
+    for name, (opts, reference) in checks.items():
+        ref = greedy if reference is None else [g.token_ids for g in reference._run(prompts, opts)]
+        same = [g.token_ids == r for g, r in zip(engine._run(prompts, opts), ref)]
+        figures[name] = f"{sum(same)}/{len(same)}"
+        ok = ok and all(same)
+    record("loop", looped, t0, figures, ok, "" if ok else "the generation Loop changed the model's outputs")
     if not ok:
-        raise ExportError(f"verification failed; nothing written: the generation Loop changed the outputs "
-                          f"(max |logit diff| {diff:g}, identical greedy {sum(same)}/{len(same)})")
+        raise ExportError("verification failed; nothing written: the generation Loop changed the outputs ("
+                          + ", ".join(f"{k} {v}" for k, v in figures.items()) + ")")
     return looped
 
 
