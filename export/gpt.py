@@ -485,13 +485,17 @@ def quantize(model: onnx.ModelProto, *, scheme: str, calib: np.ndarray | None = 
         return q, {"scheme": scheme, "tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
                    "op_types": ["MatMul", "Gather"], "per_channel": True, "lm_head": "untied MatMul"}
     if scheme == "int8-nbits":
-        # MatMulNBits' Gather counterpart is 4-bit only, so the embedding goes through quantize_dynamic's
-        # int8 Gather and the MatMuls (LM head included) through 8-bit MatMulNBits with int8 compute
-        q = common.quantize_nbits(common.quantize_int8(untie_head(model), op_types=("Gather",)), bits=8,
-                                  block_size=32, include_gather=False)
-        return q, {"scheme": scheme, "tool": "MatMulNBitsQuantizer (MatMul) + quantize_dynamic (Gather)",
-                   "bits": 8, "block_size": 32, "symmetric": True, "accuracy_level": 4,
-                   "op_types": ["MatMul", "Gather"]}
+        # block MatMuls as 8-bit MatMulNBits (block 32, int8 compute), the LM head too (block 64) and
+        # the token embedding reads the head's tensor (share_tied_embedding); the position embedding
+        # goes through quantize_dynamic's int8 Gather
+        untied = untie_head(model)
+        q = common.quantize_nbits(untied, bits=8, block_size=32, include_gather=False, exclude_nodes=["lm_head_matmul"])
+        q = share_tied_embedding(_head_nbits(q))
+        q = common.quantize_int8(q, op_types=("Gather",))
+        return q, {"scheme": scheme, "tool": "MatMulNBitsQuantizer (MatMul) + GatherBlockQuantized on the head's "
+                   "tensor (tied embedding) + quantize_dynamic (position Gather)",
+                   "bits": 8, "block_size": 32, "tied_block_size": TIED_BLOCK, "symmetric": True, "accuracy_level": 4,
+                   "op_types": ["MatMul", "Gather"], "tied_embedding": "stored once"}
     if scheme == "int8-static":
         return _quantize_static(untie_head(model), calib, cfg)
     raise ExportError(f"unknown quantization scheme {scheme!r}; known: fp32, {', '.join(SCHEMES)}")
@@ -522,16 +526,21 @@ class Int4Search:
         if four:
             m = common.quantize_nbits(m, bits=4, block_size=32, symmetric=False, include_gather=self.gather in four,
                                       exclude_nodes=[n for n in self.size if n not in four])
-        if self.gather not in four:
-            m = common.quantize_int8(m, op_types=("Gather",), include_nodes=[self.gather])
-        if set(self.size) - four - {self.gather}:  # the remaining MatMuls: 8-bit MatMulNBits
-            m = common.quantize_nbits(m, bits=8, block_size=32, include_gather=False)
+        head8 = "lm_head_matmul" not in four
+        if set(self.size) - four - {self.gather, "lm_head_matmul"}:  # the remaining block MatMuls: 8-bit
+            m = common.quantize_nbits(m, bits=8, block_size=32, include_gather=False, exclude_nodes=["lm_head_matmul"])
+        if head8:
+            m = _head_nbits(m)
+        if self.gather not in four:  # an 8-bit embedding reads the 8-bit head's tensor when it can
+            m = share_tied_embedding(m) if head8 else \
+                common.quantize_int8(m, op_types=("Gather",), include_nodes=[self.gather])
         return m
 
     def recipe(self, four: set[str]) -> dict:
         total = sum(self.size.values())
-        return {"scheme": "int4", "tool": "MatMulNBitsQuantizer (4-bit where the budget allows, 8-bit elsewhere) "
-                "+ quantize_dynamic (8-bit embedding)", "bits": 4, "block_size": 32, "symmetric": False,
+        return {"scheme": "int4", "tool": "MatMulNBitsQuantizer (4-bit where the budget allows, 8-bit elsewhere); "
+                "an 8-bit embedding reads the 8-bit head's tensor (GatherBlockQuantized)", "bits": 4, "block_size": 32,
+                "tied_block_size": TIED_BLOCK, "symmetric": False,
                 "accuracy_level": 4, "four_bit": sorted(four), "eight_bit": sorted(set(self.size) - four),
                 "four_bit_weight_share": round(sum(self.size[n] for n in four) / total, 4)}
 
@@ -555,6 +564,57 @@ class Int4Search:
             q = self.build(set())
             best = (q, *measure(q))
         return best[0], self.recipe(four), best[1], best[2]
+
+
+TIED_BLOCK = 64  # block size of the shared 8-bit embedding/head tensor: 1.0625 bytes per weight (32: 1.125)
+
+
+def _head_nbits(model: onnx.ModelProto, block_size: int = TIED_BLOCK) -> onnx.ModelProto:
+    """The untied LM head (the one MatMul left on an initializer) as symmetric 8-bit MatMulNBits."""
+    return common.quantize_nbits(model, bits=8, block_size=block_size, include_gather=False)
+
+
+def share_tied_embedding(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Store the tied embedding once: the token lookup reads the LM head's 8-bit MatMulNBits weight.
+
+    MatMulNBits keeps the head's (V, C) weight as (V, C / block, block) uint8, each row one token's
+    embedding, with (V, C / block) scales and, symmetric, the implied zero point 128; that is
+    byte for byte what GatherBlockQuantized (bits 8, quantize_axis 1) reads as (V, C) data with the
+    same scales and the same default zero point. So the token-embedding Gather (fp32, or int8 with its
+    DequantizeLinear) becomes one GatherBlockQuantized on a Reshape of the head's initializer, and the
+    embedding's own copy leaves the file: phase3 int8 drops from 2 to ~1.07 bytes per parameter.
+    A model whose head is not 8-bit symmetric MatMulNBits is returned unchanged.
+    """
+    from onnx import helper as h
+
+    m = _copy(model)
+    inits = {i.name: i for i in m.graph.initializer}
+    gather = next((n for n in m.graph.node if n.name == _token_gather(m)), None)
+    V, C = inits[gather.input[0]].dims
+    head = next((n for n in m.graph.node if n.op_type == "MatMulNBits" and len(n.input) == 3
+                 and {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}.get("N") == V
+                 and {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}.get("bits") == 8), None)
+    if head is None:
+        return m
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
+    if attrs["K"] != C:
+        return m
+    consumers = [n for n in m.graph.node if gather.output[0] in n.input]
+    out, drop = gather.output[0], [gather]
+    if len(consumers) == 1 and consumers[0].op_type == "DequantizeLinear":  # quantize_dynamic's int8 Gather
+        out, drop = consumers[0].output[0], [gather, consumers[0]]
+    shape = "tied_embedding.shape"
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([V, C], dtype=np.int64), shape))
+    idx = list(m.graph.node).index(gather)
+    new = [h.make_node("Reshape", [head.input[1], shape], ["tied_embedding.data"], name="tied_embedding_reshape"),
+           h.make_node("GatherBlockQuantized", ["tied_embedding.data", gather.input[1], head.input[2]], [out],
+                       name="tied_embedding_gather", domain="com.microsoft", gather_axis=0, quantize_axis=1,
+                       block_size=attrs["block_size"], bits=8)]
+    for n in drop:
+        m.graph.node.remove(n)
+    for k, n in enumerate(new):
+        m.graph.node.insert(idx + k, n)
+    return _prune(m)
 
 
 def _token_gather(model: onnx.ModelProto) -> str:
