@@ -569,9 +569,16 @@ class Int4Search:
 TIED_BLOCK = 64  # block size of the shared 8-bit embedding/head tensor: 1.0625 bytes per weight (32: 1.125)
 
 
-def _head_nbits(model: onnx.ModelProto, block_size: int = TIED_BLOCK) -> onnx.ModelProto:
-    """The untied LM head (the one MatMul left on an initializer) as symmetric 8-bit MatMulNBits."""
-    return common.quantize_nbits(model, bits=8, block_size=block_size, include_gather=False)
+def _head_nbits(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The untied LM head (the one MatMul left on an initializer) as symmetric 8-bit MatMulNBits, in the
+    largest block (<= TIED_BLOCK) that divides the width: MatMulNBits pads a partial block, and the
+    padding would both cost bytes and break the embedding's (V, C) view (phase3, 96 wide: block 32)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    width = int(inits["lm_head.weight_t"].dims[0]) if "lm_head.weight_t" in inits else TIED_BLOCK
+    block = TIED_BLOCK
+    while block > 16 and width % block:
+        block //= 2
+    return common.quantize_nbits(model, bits=8, block_size=block, include_gather=False)
 
 
 def share_tied_embedding(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -597,7 +604,7 @@ def share_tied_embedding(model: onnx.ModelProto) -> onnx.ModelProto:
     if head is None:
         return m
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
-    if attrs["K"] != C:
+    if attrs["K"] != C or C % attrs["block_size"]:  # a padded last block has no (V, C) view
         return m
     consumers = [n for n in m.graph.node if gather.output[0] in n.input]
     out, drop = gather.output[0], [gather]
