@@ -158,3 +158,34 @@ def test_gpt_load_import_and_peak_memory(benchmark, gate, pair):
     assert res["tokens"] == 48
     gate("gpt.peak_rss_mb", res["peak_rss_mb"])
     gate("gpt.import_runtime_s", res["import_s"])
+
+
+@pytest.mark.gate
+def test_gpt_sampled_decode_as_fast_as_greedy(benchmark, gate, pair):
+    """Sampling (T 0.8, top-k 40) runs in the file's Loop like greedy: both timed alternately, same run."""
+    _, lm, ids, art = pair
+    benchmark.group = "gpt"
+    greedy = SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)
+    sampled = SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False, temperature=0.8, top_k=40, seed=1)
+    lm._run([ids], greedy), lm._run([ids], sampled)
+    g, s = [], []
+    for _ in range(ROUNDS):
+        g.append(lm._run([ids], greedy)[0].tokens_per_s)
+        s.append(lm._run([ids], sampled)[0].tokens_per_s)
+    benchmark.pedantic(lambda: lm._run([ids], sampled), rounds=ROUNDS, iterations=1)
+    benchmark.extra_info.update({"scheme": lm.meta["quantization"]["scheme"], "threads": 1,
+                                 "greedy_tokens_per_s": statistics.median(g),
+                                 "sampled_tokens_per_s": statistics.median(s)})
+    assert lm._sampler_graph, "the export carries the in-graph sampler"
+    gate("gpt.sampled_vs_greedy_decode", statistics.median(s) / statistics.median(g))
+
+
+@pytest.mark.gate
+def test_gpt_bytes_per_parameter(benchmark, gate, pair):
+    """The default file's bytes per model parameter (the tied embedding counted once)."""
+    model, lm, _, art = pair
+    benchmark.group = "gpt"
+    params = sum(p.numel() for p in model.parameters())  # tied wte/lm_head counted once by nn.Module
+    size = benchmark(lambda: art["onnx"].stat().st_size)
+    benchmark.extra_info.update({"scheme": lm.meta["quantization"]["scheme"], "params": params, "model_bytes": size})
+    gate("gpt.bytes_per_param", size / params)

@@ -204,6 +204,9 @@ def export(checkpoint, out, quant, meta, data, threads, quiet, as_json):
 @click.option("--top-k", type=int, default=None)
 @click.option("--top-p", type=float, default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--repeat-penalty", type=float, default=None,
+              help="llama.cpp's repetition penalty on the last --repeat-last-n tokens (GPT; 1 = off, e.g. 1.1).")
+@click.option("--repeat-last-n", type=int, default=None, help="Tokens the repetition penalty looks back at (GPT; default 64).")
 @click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
 @click.option("--no-heal", is_flag=True, help="Feed the prompt's tokens as they are (no token healing; GPT).")
 @click.option("--window", type=click.Choice(["slide", "exact"]), default=None,
@@ -211,7 +214,8 @@ def export(checkpoint, out, quant, meta, data, threads, quiet, as_json):
                    "crop to the last block_size tokens every step; one prefill per token). Default: slide.")
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
-def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop, no_heal, window, threads, as_json):
+def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, repeat_penalty, repeat_last_n, stop, no_heal,
+          window, threads, as_json):
     """Run MODEL on INPUTS: a prompt (GPT), words (bytecnn) or a .npy/text (vector families); '-' reads stdin."""
     if threads is not None and threads < 1:
         raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
@@ -221,7 +225,8 @@ def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop, 
     lm = load(model, threads=threads)
     module = __import__(FAMILIES[lm.family].runtime_module, fromlist=["infer_cli"])
     opts = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-            "seed": seed, "stop": list(stop), "json": as_json, "no_heal": no_heal or None, "window": window}
+            "seed": seed, "stop": list(stop), "json": as_json, "repeat_penalty": repeat_penalty,
+            "repeat_last_n": repeat_last_n, "no_heal": no_heal or None, "window": window}
     return module.infer_cli(lm, list(inputs), opts)
 
 

@@ -235,17 +235,74 @@ def optimize(model: onnx.ModelProto, cfg: dict) -> onnx.ModelProto:
 
 
 # ----- the single-call generation loop ---------------------------------------------------------------
-def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
-    """Put the decode step inside an ONNX ``Loop`` so greedy generation is one onnxruntime call.
+def _sampler_nodes(p: str, logits: str, token: str) -> list[onnx.NodeProto]:
+    """The in-graph sampler: repetition penalty, top-k, temperature, top-p and an inverse-CDF draw.
 
-    The file keeps the step's inputs and outputs and adds one input, ``steps`` (int64 scalar), and one
-    output, ``tokens`` (k, B). Pass 1 consumes ``input_ids``, every later pass the previous pass's
-    argmax, so ``tokens[i]`` is the greedy token after pass i; the loop stops early once every row's
-    token is ``eot``, and the presents are those after the last pass. ``steps=1`` is the plain step
-    (sampling drives it from Python) and returns ``logits`` (1, B, V); for ``steps>1`` ``logits`` is
-    (k, B, 0): copying 50k logits out of every pass cost more than the loop saved. The Loop sits at the
-    top level on purpose: nested in an ``If`` it ran 4x slower here. The weights stay in the outer
-    graph and the body reads them from the enclosing scope, so the file grows only by a few nodes.
+    Reads (from the enclosing graph) ``temperature`` and ``top_p`` (float scalars), ``top_k`` (int64
+    (1,)), ``repeat_penalty`` (float scalar), and from the loop state ``recent_ids`` (B, N) and the
+    step's uniform ``u`` (B,). Writes ``token`` (B, 1) int64. Greedy is the same path with top_k 1
+    (TopK keeps the lower index on ties, as ArgMax does). The draw runs over the k survivors sorted
+    by descending probability: ``count(cumsum(p) < u * sum(p))`` (runtime.gpt.sample_next mirrors it).
+    Repetition penalty as llama.cpp's: a logit of a token among the last N is divided by the penalty
+    when positive, multiplied when not, once per distinct token (duplicates scatter the same value).
+    """
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+
+    def const(name, dtype, dims, vals):
+        return h.make_node("Constant", [], [name], value=h.make_tensor(name, dtype, dims, vals))
+
+    outer = {"temperature", "top_k", "top_p", "repeat_penalty"}  # read from the enclosing graph
+
+    def n(op, ins, outs, **kw):
+        return h.make_node(op, [x if x in outer else p + x for x in ins], [p + o for o in outs], **kw)
+
+    return [
+        h.make_node("GatherElements", [logits, p + "recent_ids"], [p + "seen"], axis=1),  # (B, N)
+        const(p + "f0", TP.FLOAT, [], [0.0]),
+        n("Greater", ["seen", "f0"], ["seen_pos"]),
+        n("Div", ["seen", "repeat_penalty"], ["seen_div"]),
+        n("Mul", ["seen", "repeat_penalty"], ["seen_mul"]),
+        n("Where", ["seen_pos", "seen_div", "seen_mul"], ["seen_new"]),
+        h.make_node("ScatterElements", [logits, p + "recent_ids", p + "seen_new"], [p + "penalized"], axis=1),
+        n("TopK", ["penalized", "top_k"], ["kv", "ki"], axis=-1, largest=1, sorted=1),  # (B, k) each
+        n("Div", ["kv", "temperature"], ["kz"]),
+        n("Softmax", ["kz"], ["kp"], axis=-1),
+        const(p + "ax1", TP.INT64, [], [1]),
+        n("CumSum", ["kp", "ax1"], ["kc"]),
+        n("Sub", ["kc", "kp"], ["before"]),
+        n("Less", ["before", "top_p"], ["keep"]),  # nucleus: always keeps the most likely token
+        n("Where", ["keep", "kp", "f0"], ["kq"]),
+        n("CumSum", ["kq", "ax1"], ["kc2"]),
+        const(p + "ax1v", TP.INT64, [1], [1]),
+        n("ReduceMax", ["kc2", "ax1v"], ["total"], keepdims=1),  # (B, 1)
+        n("Unsqueeze", ["u", "ax1v"], ["u2"]),  # (B, 1)
+        n("Mul", ["u2", "total"], ["thr"]),
+        n("Less", ["kc2", "thr"], ["below"]),
+        n("Cast", ["below"], ["below_i"], to=TP.INT64),
+        n("ReduceSum", ["below_i", "ax1v"], ["pick"], keepdims=1),  # (B, 1)
+        const(p + "i1", TP.INT64, [], [1]),
+        n("Sub", ["top_k", "i1"], ["kmax"]),
+        n("Min", ["pick", "kmax"], ["pick_c"]),
+        h.make_node("GatherElements", [p + "ki", p + "pick_c"], [token], axis=1),  # (B, 1)
+    ]
+
+
+def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
+    """Put the decode step and the sampler inside an ONNX ``Loop``, so a generation is one onnxruntime call.
+
+    The file keeps the step's inputs and outputs and adds the inputs ``steps`` (int64 scalar),
+    ``uniforms`` (steps, B) float, one draw in [0, 1) per pass and row (numpy draws them from the
+    seed, so sampling stays repeatable), ``temperature``, ``top_p`` and ``repeat_penalty`` (float
+    scalars), ``top_k`` (int64 (1,)) and ``recent_ids`` (B, N), the last N context tokens the
+    repetition penalty looks at, and one output, ``tokens`` (k, B). Pass 1 consumes ``input_ids``,
+    every later pass the previous pass's token, so ``tokens[i]`` is the token after pass i (greedy:
+    top_k 1, temperature 1, top_p 1, penalty 1); the loop stops early once every row's token is
+    ``eot``, and the presents are those after the last pass. ``steps=1`` is the plain step and
+    returns ``logits`` (1, B, V); for ``steps>1`` ``logits`` is (k, B, 0): copying 50k logits out of
+    every pass cost more than the loop saved. The Loop sits at the top level on purpose: nested in an
+    ``If`` it ran 4x slower here. The weights stay in the outer graph and the body reads them from the
+    enclosing scope, so the file grows only by a few nodes.
     """
     from onnx import TensorProto as TP
     from onnx import helper as h
@@ -280,12 +337,16 @@ def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
 
     p = "loop."
     body_nodes = renamed(p, {**keep, **{n: p + n for n in in_names}, "logits": p + "logits"})
+    body_nodes += [h.make_node("Gather", ["uniforms", p + "iter"], [p + "u"], axis=0)]  # (B,)
+    body_nodes += _sampler_nodes(p, p + "logits", p + "next")  # (B, 1)
     body_nodes += [
-        h.make_node("ArgMax", [p + "logits"], [p + "next"], axis=-1, keepdims=1),  # (B, 1)
         h.make_node("Shape", [p + "next"], [p + "b1"]),
         h.make_node("ConstantOfShape", [p + "b1"], [p + "ones"], value=h.make_tensor("one", TP.INT64, [1], [1])),
         h.make_node("Concat", [p + "attention_mask", p + "ones"], [p + "mask_out"], axis=1),
         const(p + "axis1", TP.INT64, [1], [1]),
+        const(p + "int_max", TP.INT64, [1], [2**62]),
+        h.make_node("Slice", [p + "recent_ids", p + "axis1", p + "int_max", p + "axis1"], [p + "recent_tail"]),
+        h.make_node("Concat", [p + "recent_tail", p + "next"], [p + "recent_out"], axis=1),
         h.make_node("Squeeze", [p + "next", p + "axis1"], [p + "token"]),  # (B,)
         const(p + "eot", TP.INT64, [], [-1 if eot is None else int(eot)]),
         h.make_node("Equal", [p + "token", p + "eot"], [p + "is_eot"]),
@@ -300,8 +361,10 @@ def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
     body = h.make_graph(
         body_nodes, "decode_step",
         [h.make_tensor_value_info(p + "iter", TP.INT64, []), h.make_tensor_value_info(p + "cond", TP.BOOL, []),
-         vi(p + "input_ids", TP.INT64), vi(p + "attention_mask", TP.INT64)] + [vi(p + n) for n in past],
-        [h.make_tensor_value_info(p + "cond_out", TP.BOOL, []), vi(p + "next", TP.INT64), vi(p + "mask_out", TP.INT64)]
+         vi(p + "input_ids", TP.INT64), vi(p + "attention_mask", TP.INT64), vi(p + "recent_ids", TP.INT64)]
+        + [vi(p + n) for n in past],
+        [h.make_tensor_value_info(p + "cond_out", TP.BOOL, []), vi(p + "next", TP.INT64), vi(p + "mask_out", TP.INT64),
+         vi(p + "recent_out", TP.INT64)]
         + [vi(p + n) for n in present] + [vi(p + "token", TP.INT64), vi(p + "logits_out")])
     outer_nodes = [
         const("one", TP.INT64, [], [1]),
@@ -310,10 +373,16 @@ def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
         const("all_columns", TP.INT64, [1], [2**62]),
         h.make_node("Mul", ["single_step_i", "all_columns"], ["logits_width"]),
         const("true", TP.BOOL, [], [True]),
-        h.make_node("Loop", ["steps", "true", "input_ids", "attention_mask", *past],
-                    ["last_ids", "last_mask", *present, "tokens", "logits"], body=body, name="generate"),
+        h.make_node("Loop", ["steps", "true", "input_ids", "attention_mask", "recent_ids", *past],
+                    ["last_ids", "last_mask", "last_recent", *present, "tokens", "logits"], body=body, name="generate"),
     ]
-    inputs = list(g.input) + [h.make_tensor_value_info("steps", TP.INT64, [])]
+    inputs = list(g.input) + [h.make_tensor_value_info("steps", TP.INT64, []),
+                              h.make_tensor_value_info("uniforms", TP.FLOAT, ["steps", "batch"]),
+                              h.make_tensor_value_info("temperature", TP.FLOAT, []),
+                              h.make_tensor_value_info("top_k", TP.INT64, [1]),
+                              h.make_tensor_value_info("top_p", TP.FLOAT, []),
+                              h.make_tensor_value_info("repeat_penalty", TP.FLOAT, []),
+                              h.make_tensor_value_info("recent_ids", TP.INT64, ["batch", "recent"])]
     outputs = [h.make_tensor_value_info("logits", TP.FLOAT, ["steps_run", "batch", "logits_width"])]
     outputs += list(g.output)[1:] + [h.make_tensor_value_info("tokens", TP.INT64, ["steps_run", "batch"])]
     graph = h.make_graph(outer_nodes, g.name or "edgekit_gpt", inputs, outputs, list(g.initializer))
@@ -419,13 +488,17 @@ def quantize(model: onnx.ModelProto, *, scheme: str, calib: np.ndarray | None = 
         return q, {"scheme": scheme, "tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
                    "op_types": ["MatMul", "Gather"], "per_channel": True, "lm_head": "untied MatMul"}
     if scheme == "int8-nbits":
-        # MatMulNBits' Gather counterpart is 4-bit only, so the embedding goes through quantize_dynamic's
-        # int8 Gather and the MatMuls (LM head included) through 8-bit MatMulNBits with int8 compute
-        q = common.quantize_nbits(common.quantize_int8(untie_head(model), op_types=("Gather",)), bits=8,
-                                  block_size=32, include_gather=False)
-        return q, {"scheme": scheme, "tool": "MatMulNBitsQuantizer (MatMul) + quantize_dynamic (Gather)",
-                   "bits": 8, "block_size": 32, "symmetric": True, "accuracy_level": 4,
-                   "op_types": ["MatMul", "Gather"]}
+        # block MatMuls as 8-bit MatMulNBits (block 32, int8 compute), the LM head too (block 64) and
+        # the token embedding reads the head's tensor (share_tied_embedding); the position embedding
+        # goes through quantize_dynamic's int8 Gather
+        untied = untie_head(model)
+        q = common.quantize_nbits(untied, bits=8, block_size=32, include_gather=False, exclude_nodes=["lm_head_matmul"])
+        q = share_tied_embedding(_head_nbits(q))
+        q = common.quantize_int8(q, op_types=("Gather",))
+        return q, {"scheme": scheme, "tool": "MatMulNBitsQuantizer (MatMul) + GatherBlockQuantized on the head's "
+                   "tensor (tied embedding) + quantize_dynamic (position Gather)",
+                   "bits": 8, "block_size": 32, "tied_block_size": TIED_BLOCK, "symmetric": True, "accuracy_level": 4,
+                   "op_types": ["MatMul", "Gather"], "tied_embedding": "stored once"}
     if scheme == "int8-static":
         return _quantize_static(untie_head(model), calib, cfg)
     raise ExportError(f"unknown quantization scheme {scheme!r}; known: fp32, {', '.join(SCHEMES)}")
@@ -456,16 +529,21 @@ class Int4Search:
         if four:
             m = common.quantize_nbits(m, bits=4, block_size=32, symmetric=False, include_gather=self.gather in four,
                                       exclude_nodes=[n for n in self.size if n not in four])
-        if self.gather not in four:
-            m = common.quantize_int8(m, op_types=("Gather",), include_nodes=[self.gather])
-        if set(self.size) - four - {self.gather}:  # the remaining MatMuls: 8-bit MatMulNBits
-            m = common.quantize_nbits(m, bits=8, block_size=32, include_gather=False)
+        head8 = "lm_head_matmul" not in four
+        if set(self.size) - four - {self.gather, "lm_head_matmul"}:  # the remaining block MatMuls: 8-bit
+            m = common.quantize_nbits(m, bits=8, block_size=32, include_gather=False, exclude_nodes=["lm_head_matmul"])
+        if head8:
+            m = _head_nbits(m)
+        if self.gather not in four:  # an 8-bit embedding reads the 8-bit head's tensor when it can
+            m = share_tied_embedding(m) if head8 else \
+                common.quantize_int8(m, op_types=("Gather",), include_nodes=[self.gather])
         return m
 
     def recipe(self, four: set[str]) -> dict:
         total = sum(self.size.values())
-        return {"scheme": "int4", "tool": "MatMulNBitsQuantizer (4-bit where the budget allows, 8-bit elsewhere) "
-                "+ quantize_dynamic (8-bit embedding)", "bits": 4, "block_size": 32, "symmetric": False,
+        return {"scheme": "int4", "tool": "MatMulNBitsQuantizer (4-bit where the budget allows, 8-bit elsewhere); "
+                "an 8-bit embedding reads the 8-bit head's tensor (GatherBlockQuantized)", "bits": 4, "block_size": 32,
+                "tied_block_size": TIED_BLOCK, "symmetric": False,
                 "accuracy_level": 4, "four_bit": sorted(four), "eight_bit": sorted(set(self.size) - four),
                 "four_bit_weight_share": round(sum(self.size[n] for n in four) / total, 4)}
 
@@ -489,6 +567,64 @@ class Int4Search:
             q = self.build(set())
             best = (q, *measure(q))
         return best[0], self.recipe(four), best[1], best[2]
+
+
+TIED_BLOCK = 64  # block size of the shared 8-bit embedding/head tensor: 1.0625 bytes per weight (32: 1.125)
+
+
+def _head_nbits(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The untied LM head (the one MatMul left on an initializer) as symmetric 8-bit MatMulNBits, in the
+    largest block (<= TIED_BLOCK) that divides the width: MatMulNBits pads a partial block, and the
+    padding would both cost bytes and break the embedding's (V, C) view (phase3, 96 wide: block 32)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    width = int(inits["lm_head.weight_t"].dims[0]) if "lm_head.weight_t" in inits else TIED_BLOCK
+    block = TIED_BLOCK
+    while block > 16 and width % block:
+        block //= 2
+    return common.quantize_nbits(model, bits=8, block_size=block, include_gather=False)
+
+
+def share_tied_embedding(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Store the tied embedding once: the token lookup reads the LM head's 8-bit MatMulNBits weight.
+
+    MatMulNBits keeps the head's (V, C) weight as (V, C / block, block) uint8, each row one token's
+    embedding, with (V, C / block) scales and, symmetric, the implied zero point 128; that is
+    byte for byte what GatherBlockQuantized (bits 8, quantize_axis 1) reads as (V, C) data with the
+    same scales and the same default zero point. So the token-embedding Gather (fp32, or int8 with its
+    DequantizeLinear) becomes one GatherBlockQuantized on a Reshape of the head's initializer, and the
+    embedding's own copy leaves the file: phase3 int8 drops from 2 to ~1.07 bytes per parameter.
+    A model whose head is not 8-bit symmetric MatMulNBits is returned unchanged.
+    """
+    from onnx import helper as h
+
+    m = _copy(model)
+    inits = {i.name: i for i in m.graph.initializer}
+    gather = next((n for n in m.graph.node if n.name == _token_gather(m)), None)
+    V, C = inits[gather.input[0]].dims
+    head = next((n for n in m.graph.node if n.op_type == "MatMulNBits" and len(n.input) == 3
+                 and {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}.get("N") == V
+                 and {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}.get("bits") == 8), None)
+    if head is None:
+        return m
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
+    if attrs["K"] != C or C % attrs["block_size"]:  # a padded last block has no (V, C) view
+        return m
+    consumers = [n for n in m.graph.node if gather.output[0] in n.input]
+    out, drop = gather.output[0], [gather]
+    if len(consumers) == 1 and consumers[0].op_type == "DequantizeLinear":  # quantize_dynamic's int8 Gather
+        out, drop = consumers[0].output[0], [gather, consumers[0]]
+    shape = "tied_embedding.shape"
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([V, C], dtype=np.int64), shape))
+    idx = list(m.graph.node).index(gather)
+    new = [h.make_node("Reshape", [head.input[1], shape], ["tied_embedding.data"], name="tied_embedding_reshape"),
+           h.make_node("GatherBlockQuantized", ["tied_embedding.data", gather.input[1], head.input[2]], [out],
+                       name="tied_embedding_gather", domain="com.microsoft", gather_axis=0, quantize_axis=1,
+                       block_size=attrs["block_size"], bits=8)]
+    for n in drop:
+        m.graph.node.remove(n)
+    for k, n in enumerate(new):
+        m.graph.node.insert(idx + k, n)
+    return _prune(m)
 
 
 def _token_gather(model: onnx.ModelProto) -> str:
@@ -553,7 +689,9 @@ def _quantize_static(model: onnx.ModelProto, calib: np.ndarray, cfg: dict):
 def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta: dict, threads: int,
                eot: int | None, record) -> onnx.ModelProto:
     """Wrap the chosen graph in the generation Loop and prove it changes nothing: the same logits for
-    a single step and the same greedy tokens (Loop-driven vs Python-driven) on every probe prompt."""
+    a single step, the same greedy tokens (Loop-driven vs Python-driven) on every probe prompt, the
+    in-graph sampler at top_k 1 equal to greedy, and sampled and penalized generations (seeded)
+    equal to numpy's reference sampler (runtime.gpt.sample_next / penalize) driving single passes."""
     t0 = time.time()
     looped = wrap_loop(step, eot=eot)
     engine = _engine(looped, meta, threads)
@@ -561,16 +699,29 @@ def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta:
     a = step_engine._step(x, np.ones_like(x), step_engine._empty_past(len(x)))[0]
     b = engine._step(x, np.ones_like(x), engine._empty_past(len(x)))[0]
     diff = common.max_abs_diff(a, b)
-    opts = SamplingOptions(max_new_tokens=probe.greedy.shape[1] - probe.prompts.shape[1], heal=False)
+    n = probe.greedy.shape[1] - probe.prompts.shape[1]
     prompts = probe.prompts.tolist()
-    same = [g1.token_ids == g2.token_ids for g1, g2 in
-            zip(step_engine._run(prompts, opts), engine._run(prompts, opts))]
-    ok = diff == 0.0 and all(same)
-    record("loop", looped, t0, {"max_abs_diff": diff, "identical_greedy": f"{sum(same)}/{len(same)}"}, ok,
-           "" if ok else "the generation Loop changed the model's outputs")
+    stepped = _engine(looped, meta, threads)
+    stepped.loop = False  # the same file, one pass per call: the sampler runs in numpy
+    figures = {"max_abs_diff": diff}
+    checks = {"identical_greedy": (SamplingOptions(max_new_tokens=n, heal=False), step_engine),
+              "top_k1_is_greedy": (SamplingOptions(max_new_tokens=n, heal=False, temperature=0.7, top_k=1, seed=0),
+                                   None),
+              "identical_sampled": (SamplingOptions(max_new_tokens=n, heal=False, temperature=0.8, top_k=40, top_p=0.95,
+                                                    seed=1), stepped),
+              "identical_penalized": (SamplingOptions(max_new_tokens=n, heal=False, repeat_penalty=1.3,
+                                                      repeat_last_n=16), stepped)}
+    greedy = [g.token_ids for g in step_engine._run(prompts, checks["identical_greedy"][0])]
+    ok = diff == 0.0
+    for name, (opts, reference) in checks.items():
+        ref = greedy if reference is None else [g.token_ids for g in reference._run(prompts, opts)]
+        same = [g.token_ids == r for g, r in zip(engine._run(prompts, opts), ref)]
+        figures[name] = f"{sum(same)}/{len(same)}"
+        ok = ok and all(same)
+    record("loop", looped, t0, figures, ok, "" if ok else "the generation Loop changed the model's outputs")
     if not ok:
-        raise ExportError(f"verification failed; nothing written: the generation Loop changed the outputs "
-                          f"(max |logit diff| {diff:g}, identical greedy {sum(same)}/{len(same)})")
+        raise ExportError("verification failed; nothing written: the generation Loop changed the outputs ("
+                          + ", ".join(f"{k} {v}" for k, v in figures.items()) + ")")
     return looped
 
 

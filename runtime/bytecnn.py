@@ -22,7 +22,7 @@ from edgekit.errors import UsageError
 
 BATCH = 4096  # words per onnxruntime call in score(); larger batches gain nothing on CPU
 STDIN_CHUNK = 8192  # words read from stdin before each scoring call
-GPT_ONLY = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "no_heal", "window")
+GPT_ONLY = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "no_heal", "window", "repeat_penalty", "repeat_last_n")
 
 
 def normalize(word: str) -> str:

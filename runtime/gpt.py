@@ -66,6 +66,8 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     heal: bool = True  # token healing: regenerate the prompt's last token so "import " can become "import sys"
     window: str = "slide"  # slide: re-encode the last 3/4 block when full (fast); exact: nanoGPT's crop every step
+    repeat_penalty: float = 1.0  # llama.cpp's: logits of the last repeat_last_n tokens / penalty (if > 0) or * penalty; 1 = off
+    repeat_last_n: int = 64  # how many recent context tokens (prompt included) the penalty looks at; llama.cpp's default
 
     def validate(self, vocab: int) -> None:
         if self.window not in WINDOWS:
@@ -79,31 +81,63 @@ class SamplingOptions:
             raise UsageError(f"top_k must be an integer from 1 to the vocabulary size {vocab}; got {self.top_k!r}")
         if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise UsageError(f"top_p must be in (0, 1]; got {self.top_p!r}")
+        if not (isinstance(self.repeat_penalty, (int, float)) and 0 < self.repeat_penalty <= 100
+                and np.isfinite(self.repeat_penalty)):
+            raise UsageError(f"repeat_penalty must be in (0, 100] (1 = off); got {self.repeat_penalty!r}")
+        if not isinstance(self.repeat_last_n, int) or isinstance(self.repeat_last_n, bool) or self.repeat_last_n < 0:
+            raise UsageError(f"repeat_last_n must be a non-negative integer (0 = off); got {self.repeat_last_n!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise UsageError("stop strings must be non-empty text")
 
 
-def sample_next(logits: np.ndarray, opts: SamplingOptions, rng: np.random.Generator) -> np.ndarray:
-    """Next ids (B,) from logits (B, V): argmax, or temperature / top-k / top-p sampling, vectorized."""
+def penalize(logits: np.ndarray, recent: np.ndarray, penalty: float) -> np.ndarray:
+    """llama.cpp's repetition penalty on (B, V) logits for the (B, N) recent ids: a seen token's logit
+    is divided by ``penalty`` when positive and multiplied otherwise, once however often it was seen."""
+    if penalty == 1.0 or recent.shape[1] == 0:
+        return logits
+    out = logits.copy()
+    seen = np.take_along_axis(logits, recent, axis=1)
+    p = np.float32(penalty)
+    np.put_along_axis(out, recent, np.where(seen > 0, seen / p, seen * p), axis=1)
+    return out
+
+
+def sample_next(logits: np.ndarray, opts: SamplingOptions, u: np.ndarray) -> np.ndarray:
+    """Next ids (B,) from logits (B, V) and one uniform per row: argmax, or temperature / top-k / top-p.
+
+    With ``top_k`` this is the exported Loop's sampler in numpy (float32, the k survivors sorted by
+    descending logit, ties to the lower id, inverse CDF over that order), so the first token and files
+    without the in-graph sampler draw what the graph draws. Without ``top_k`` every id is a candidate
+    and the inverse CDF runs over the vocabulary in id order (edgekit 0.2's sampler, unchanged).
+    """
     if opts.temperature == 0:
         return logits.argmax(axis=-1)
+    top_p = 1.0 if opts.top_p is None else opts.top_p
+    if opts.top_k is not None:
+        k = min(opts.top_k, logits.shape[-1])
+        idx = np.argsort(-logits, axis=-1, kind="stable")[:, :k]  # (B, k)
+        z = np.take_along_axis(logits, idx, axis=-1).astype(np.float32) / np.float32(opts.temperature)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        p = e / e.sum(axis=-1, keepdims=True)
+        c = np.cumsum(p, axis=-1)
+        q = np.where((c - p) < np.float32(top_p), p, np.float32(0))
+        c2 = np.cumsum(q, axis=-1)
+        thr = u.astype(np.float32)[:, None] * c2.max(axis=-1, keepdims=True)
+        pick = np.minimum((c2 < thr).sum(axis=-1), k - 1)
+        return np.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
     z = logits.astype(np.float64) / opts.temperature
-    if opts.top_k is not None and opts.top_k < z.shape[-1]:
-        kth = np.partition(z, -opts.top_k, axis=-1)[:, -opts.top_k][:, None]
-        z = np.where(z < kth, -np.inf, z)
     z -= z.max(axis=-1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(axis=-1, keepdims=True)
-    if opts.top_p is not None and opts.top_p < 1:
+    if top_p < 1:
         order = np.argsort(-p, axis=-1)
         sorted_p = np.take_along_axis(p, order, axis=-1)
-        keep_sorted = (np.cumsum(sorted_p, axis=-1) - sorted_p) < opts.top_p  # always keeps the top token
+        keep_sorted = (np.cumsum(sorted_p, axis=-1) - sorted_p) < top_p  # always keeps the top token
         keep = np.zeros_like(keep_sorted)
         np.put_along_axis(keep, order, keep_sorted, axis=-1)
         p = np.where(keep, p, 0.0)
         p /= p.sum(axis=-1, keepdims=True)
-    u = rng.random((p.shape[0], 1))
-    return (np.cumsum(p, axis=-1) < u).sum(axis=-1).clip(max=p.shape[-1] - 1)
+    return (np.cumsum(p, axis=-1) < u.reshape(-1, 1)).sum(axis=-1).clip(max=p.shape[-1] - 1)
 
 
 class GPTModel:
@@ -133,6 +167,8 @@ class GPTModel:
         # greedy decoding then runs many steps per onnxruntime call; older files run one step per call
         self._looped_graph = "steps" in inputs and "tokens" in {o.name for o in sess.get_outputs()}
         self.loop = self._looped_graph  # greedy through the Loop; False drives it one pass per call
+        # exports since issue 14 also sample (top-k, top-p, temperature, repetition penalty) in the Loop
+        self._sampler_graph = self._looped_graph and "uniforms" in inputs
         self._one = np.array(1, dtype=np.int64)
 
     # ----- the decode engine -------------------------------------------------------------------
@@ -144,8 +180,29 @@ class GPTModel:
         """One IOBinding per generation (cheaper than a new one every step)."""
         return self.session.io_binding()
 
+    def _sampler_feed(self, opts: SamplingOptions, uniforms: np.ndarray, recent: np.ndarray) -> dict:
+        """The Loop's sampler inputs: greedy is top_k 1 at temperature 1 (the graph's TopK = ArgMax)."""
+        greedy = opts.temperature == 0
+        penalty = opts.repeat_penalty if opts.repeat_last_n else 1.0
+        return {"uniforms": uniforms.astype(np.float32),
+                "temperature": np.array(1.0 if greedy else opts.temperature, dtype=np.float32),
+                "top_k": np.array([1 if greedy else min(opts.top_k or self.vocab_size, self.vocab_size)], dtype=np.int64),
+                "top_p": np.array(1.0 if greedy or opts.top_p is None else opts.top_p, dtype=np.float32),
+                "repeat_penalty": np.array(penalty, dtype=np.float32), "recent_ids": recent}
+
+    def _recent(self, rows: list[list[int]], opts: SamplingOptions) -> np.ndarray:
+        """(B, N) the last N = repeat_last_n context ids per row, left-padded by repeating the row's first
+        id: that id is in the window anyway and a duplicate is penalized once; as the Loop shifts new
+        ids in, the padding leaves first. (B, 1) when the penalty is off."""
+        n = opts.repeat_last_n if opts.repeat_penalty != 1.0 and opts.repeat_last_n else 1
+        out = np.zeros((len(rows), n), dtype=np.int64)
+        for b, r in enumerate(rows):
+            tail = r[-n:] if r else [0]
+            out[b] = [tail[0]] * (n - len(tail)) + tail
+        return out
+
     def _call(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue], io: ort.IOBinding | None,
-              steps: int):
+              steps: int, sampler: dict | None = None):
         io = io or self._binding()
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
@@ -153,6 +210,13 @@ class GPTModel:
             io.bind_ortvalue_input(name, v)
         if self._looped_graph:
             io.bind_cpu_input("steps", self._one if steps == 1 else np.array(steps, dtype=np.int64))
+        if self._sampler_graph:
+            if sampler is None:  # a plain step: a greedy, penalty-free sampler whose token is not used
+                B = ids.shape[0]
+                sampler = self._sampler_feed(SamplingOptions(), np.zeros((steps, B), dtype=np.float32),
+                                             ids[:, -1:].astype(np.int64))
+            for name, v in sampler.items():
+                io.bind_cpu_input(name, np.ascontiguousarray(v))
         # outputs are re-bound to the device each step: after a run they are sized for that run's shapes
         io.bind_output("logits", "cpu")
         for name in self._present_names:
@@ -169,10 +233,11 @@ class GPTModel:
         return (logits[-1] if self._looped_graph else logits), outs[1:1 + len(self._present_names)]
 
     def _greedy_steps(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue], io: ort.IOBinding,
-                      steps: int) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        """``steps`` greedy passes in one call (the Loop graph): (k, B) tokens, k <= steps (stops early
-        when every row's token is end-of-text), and the presents after the k passes."""
-        outs = self._call(ids, mask, past, io, steps)
+                      steps: int, sampler: dict | None = None) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """``steps`` passes in one call (the Loop graph), greedy or with ``sampler``'s inputs: (k, B)
+        tokens, k <= steps (stops early when every row's token is end-of-text), and the presents
+        after the k passes."""
+        outs = self._call(ids, mask, past, io, steps, sampler)
         return outs[-1].numpy(), outs[1:1 + len(self._present_names)]
 
     def _heal(self, ids: list[int]) -> tuple[list[int], np.ndarray | None, int]:
@@ -206,7 +271,7 @@ class GPTModel:
         """Generate for a batch; on_token(b, id) is called as ids are produced. Returns per-row results."""
         opts.validate(self.vocab_size)
         B = len(prompts_ids)
-        rng = np.random.default_rng(opts.seed)
+        rng = np.random.default_rng(opts.seed)  # one uniform per row and token, drawn in order
         eot = self.tokenizer.eot_id
         healed = [self._heal(list(p)) if opts.heal else (list(p), None, 0) for p in prompts_ids]
         # a prompt that fits the block is fed whole; a longer one keeps what the window mode keeps
@@ -226,7 +291,11 @@ class GPTModel:
         # greedy on a Loop graph: after the first token (Python, for token healing and an honest time to
         # first token), the graph runs many passes per call; ``pending`` holds the tokens it returned.
         # Streaming takes them in chunks of 16 so text still arrives within a few milliseconds.
-        looped = self.loop and opts.temperature == 0.0
+        # sampling with top-k runs in the Loop too when the file has the in-graph sampler; without
+        # top-k every id is a candidate and the per-token numpy path stays (a full-vocab sort per pass
+        # in the graph cost 6 ms)
+        in_graph = self._sampler_graph and (opts.temperature == 0.0 or opts.top_k is not None)
+        looped = self.loop and (in_graph or (opts.temperature == 0.0 and opts.repeat_penalty == 1.0))
         chunk = 16 if on_token is not None else opts.max_new_tokens
         pending: list[np.ndarray] = []
         for step in range(opts.max_new_tokens):
@@ -234,12 +303,14 @@ class GPTModel:
                 nxt = pending.pop(0)
             else:
                 logits = logits[:, : self.vocab_size]
+                if opts.repeat_penalty != 1.0 and opts.repeat_last_n:
+                    logits = penalize(logits, self._recent(rows, opts), opts.repeat_penalty)
                 if step == 0 and any(h[1] is not None for h in healed):
                     logits = logits.copy()
                     for b, (_, allowed, _) in enumerate(healed):
                         if allowed is not None:
                             logits[b, ~allowed[: logits.shape[1]]] = -np.inf
-                nxt = sample_next(logits, opts, rng)
+                nxt = sample_next(logits, opts, rng.random(B))
             for b in range(B):
                 if done[b]:
                     continue
@@ -274,7 +345,9 @@ class GPTModel:
             room = self.block_size - mask.shape[1] + 1  # passes that fit before the window must slide
             if looped and todo > 1 and room > 1:
                 n = min(todo, room, chunk)
-                toks, past = self._greedy_steps(nxt.astype(np.int64).reshape(B, 1), mask, past, io, n)
+                sampler = self._sampler_feed(opts, rng.random((n, B)), self._recent(rows, opts)) \
+                    if self._sampler_graph else None
+                toks, past = self._greedy_steps(nxt.astype(np.int64).reshape(B, 1), mask, past, io, n, sampler)
                 # the call consumed nxt and every returned token but the last; the mask catches up as
                 # the tokens are popped above (one column each), exactly as if they had been stepped
                 pending = list(toks)
@@ -295,12 +368,14 @@ class GPTModel:
                 for b in range(B)]
 
     # ----- public API ----------------------------------------------------------------------------
-    def _opts(self, max_new_tokens, temperature, top_k, top_p, seed, stop, heal=True, window="slide") -> SamplingOptions:
+    def _opts(self, max_new_tokens, temperature, top_k, top_p, seed, stop, heal=True, repeat_penalty=1.0,
+              repeat_last_n=64, window="slide") -> SamplingOptions:
         d = self.defaults
         stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
         return SamplingOptions(max_new_tokens=d.get("max_new_tokens", 64) if max_new_tokens is None else max_new_tokens,
                                temperature=d.get("temperature", 0.0) if temperature is None else temperature,
-                               top_k=top_k, top_p=top_p, seed=seed, stop=stop, heal=heal, window=window)
+                               top_k=top_k, top_p=top_p, seed=seed, stop=stop, heal=heal,
+                               repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, window=window)
 
     def encode(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
@@ -315,19 +390,24 @@ class GPTModel:
 
     def generate(self, prompt: str, *, max_new_tokens: int | None = None, temperature: float | None = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop=None, heal: bool = True, window: str = "slide") -> Generation:
-        """Complete ``prompt``; greedy by default (deterministic), ``seed`` makes sampling repeatable."""
-        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, window)
+                 stop=None, heal: bool = True, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+                 window: str = "slide") -> Generation:
+        """Complete ``prompt``; greedy by default (deterministic), ``seed`` makes sampling repeatable;
+        ``repeat_penalty`` > 1 (llama.cpp's, over the last ``repeat_last_n`` tokens) discourages loops;
+        ``window="exact"`` reproduces nanoGPT's generate past the block."""
+        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, repeat_penalty, repeat_last_n,
+                          window)
         return self._run([self.encode(prompt)], opts)[0]
 
     def stream(self, prompt: str, *, max_new_tokens: int | None = None, temperature: float | None = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
-               heal: bool = True, window: str = "slide"):
+               heal: bool = True, repeat_penalty: float = 1.0, repeat_last_n: int = 64, window: str = "slide"):
         """Yield text pieces as they are decoded (whole UTF-8 characters only); returns the Generation."""
         import queue
         import threading
 
-        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, window)
+        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, repeat_penalty, repeat_last_n,
+                          window)
         ids = self.encode(prompt)
         q: queue.Queue = queue.Queue()
         result: list = []
@@ -348,12 +428,13 @@ class GPTModel:
 
     def generate_batch(self, prompts: list[str], *, max_new_tokens: int | None = None,
                        temperature: float | None = 0.0, top_k: int | None = None, top_p: float | None = None,
-                       seed: int | None = None, stop=None, heal: bool = True,
-                       window: str = "slide") -> list[Generation]:
+                       seed: int | None = None, stop=None, heal: bool = True, repeat_penalty: float = 1.0,
+                       repeat_last_n: int = 64, window: str = "slide") -> list[Generation]:
         """Complete several prompts in one batch (left-padded); each row stops on its own."""
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise UsageError("generate_batch needs a non-empty list of prompts")
-        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, window)
+        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, repeat_penalty, repeat_last_n,
+                          window)
         return self._run([self.encode(p) for p in prompts], opts)
 
 
@@ -375,6 +456,9 @@ def infer_cli(model: GPTModel, inputs: list[str], opts: dict) -> int:
     kwargs = dict(max_new_tokens=opts.get("max_new_tokens"), temperature=opts.get("temperature"),
                   top_k=opts.get("top_k"), top_p=opts.get("top_p"), seed=opts.get("seed"), stop=opts.get("stop"),
                   heal=not opts.get("no_heal"), window=opts.get("window") or "slide")
+    for key in ("repeat_penalty", "repeat_last_n"):
+        if opts.get(key) is not None:
+            kwargs[key] = opts[key]
     if opts.get("json"):
         g = model.generate(prompt, **kwargs)
         sys.stdout.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")

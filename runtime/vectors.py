@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekit.errors import UsageError
 
-GENERATION_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "no_heal", "window")
+GENERATION_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "no_heal", "window", "repeat_penalty", "repeat_last_n")
 
 
 def reject_generation_options(opts: dict, *, family: str) -> None:

@@ -163,3 +163,106 @@ def test_loop_graph_gives_the_tokens_of_python_driven_steps(tiny_soma, n):
     assert streamed[0].token_ids == b[0].token_ids
     assert [g.window_slides for g in a] == [g.window_slides for g in b]
     assert n < looped.block_size or a[0].window_slides > 0 or a[0].stop_reason == "eot"
+
+
+def _sampler_session(tiny_soma):
+    """The exported file's Loop sampler, run on its own over a fixed logit vector (a 1-node-deep view
+    of the same nodes ``wrap_loop`` puts in the Loop body)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+
+    from edgekit.export.gpt import _sampler_nodes
+
+    p = "s."
+    nodes = [h.make_node("Identity", ["u"], [p + "u"]), h.make_node("Identity", ["recent_ids"], [p + "recent_ids"])]
+    nodes += _sampler_nodes(p, "logits", "token")
+    vi = h.make_tensor_value_info
+    g = h.make_graph(nodes, "sampler", [vi("logits", TP.FLOAT, [None, None]), vi("u", TP.FLOAT, [None]),
+                                        vi("recent_ids", TP.INT64, [None, None]), vi("temperature", TP.FLOAT, []),
+                                        vi("top_k", TP.INT64, [1]), vi("top_p", TP.FLOAT, []),
+                                        vi("repeat_penalty", TP.FLOAT, [])], [vi("token", TP.INT64, None)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 18)], ir_version=10)
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_in_graph_sampler_draws_the_softmax_distribution(tiny_soma):
+    """200k draws over a fixed 6-logit vector: top-k/temperature/top-p frequencies match the renormalized
+    softmax (chi-square far below the 0.1% critical value); top_k 1 is the argmax; the penalty matches numpy."""
+    import numpy as np
+
+    from edgekit.runtime.gpt import SamplingOptions, penalize, sample_next
+
+    s = _sampler_session(tiny_soma)
+    logits = np.array([2.0, 1.0, 0.5, -0.3, 3.1, 0.0], dtype=np.float32)
+    n = 200_000
+    u = np.random.default_rng(0).random(n).astype(np.float32)
+    rows = np.repeat(logits[None], n, axis=0)
+
+    def draw(k, t, p, penalty=1.0, recent=None):
+        recent = np.zeros((n, 1), dtype=np.int64) if recent is None else np.repeat(recent[None], n, axis=0)
+        return s.run(None, {"logits": rows, "u": u, "recent_ids": recent, "temperature": np.array(t, dtype=np.float32),
+                            "top_k": np.array([k]), "top_p": np.array(p, dtype=np.float32), "repeat_penalty": np.array(penalty, dtype=np.float32)})[0][:, 0]
+
+    for k, t, p in [(6, 1.0, 1.0), (3, 0.7, 1.0), (6, 1.3, 0.8)]:
+        z = logits.astype(np.float64) / t
+        order = np.argsort(-z, kind="stable")[:k]
+        q = np.exp(z[order] - z[order].max())
+        q /= q.sum()
+        q = np.where(np.cumsum(q) - q < p, q, 0)
+        q /= q.sum()
+        want = np.zeros(6)
+        want[order] = q
+        got = np.bincount(draw(k, t, p), minlength=6)
+        assert (got[want == 0] == 0).all()
+        exp = want[want > 0] * n
+        chi2 = float(((got[want > 0] - exp) ** 2 / exp).sum())
+        assert chi2 < 22.5, (k, t, p, got, exp)  # 0.1% critical value for <= 5 degrees of freedom: 20.5
+        # numpy's mirror of the graph draws the same ids from the same uniforms
+        opts = SamplingOptions(temperature=t, top_k=k, top_p=p)
+        assert (sample_next(rows[:2000], opts, u[:2000]) == draw(k, t, p)[:2000]).all()
+    assert (draw(1, 1.0, 1.0) == logits.argmax()).all()
+    recent = np.array([4, 4, 0, 3], dtype=np.int64)
+    pen = penalize(logits[None], recent[None], 1.5)[0]
+    assert pen[4] == np.float32(3.1) / np.float32(1.5) and pen[3] == np.float32(-0.3) * np.float32(1.5) and pen[1] == 1.0
+    assert (draw(1, 1.0, 1.0, penalty=1.5, recent=recent) == pen.argmax()).all()
+
+
+def test_loop_sampling_is_repeatable_and_matches_python_driven_sampling(tiny_soma):
+    """Sampled and penalized decoding through the Loop (one call per chunk) gives, for a seed, the tokens
+    of one numpy-sampled pass per call; the same seed repeats, streaming yields the same text."""
+    from edgekit.runtime import load
+
+    looped, stepped = load(tiny_soma["onnx"], threads=1), load(tiny_soma["onnx"], threads=1)
+    assert looped._sampler_graph
+    stepped.loop = False
+    prompts = [looped.encode("def get_"), looped.encode("import os\nclass A:\n    x = ")]
+    for opts in [SamplingOptions(max_new_tokens=150, temperature=0.8, top_k=40, seed=3, heal=False),
+                 SamplingOptions(max_new_tokens=40, temperature=1.2, top_k=20, top_p=0.9, seed=5),
+                 SamplingOptions(max_new_tokens=40, repeat_penalty=1.3, repeat_last_n=8, heal=False),
+                 SamplingOptions(max_new_tokens=40, temperature=0.9, top_k=40, repeat_penalty=1.2, seed=7)]:
+        a, b = looped._run(prompts, opts), stepped._run(prompts, opts)
+        assert [g.token_ids for g in a] == [g.token_ids for g in b]
+        assert [g.token_ids for g in looped._run(prompts, opts)] == [g.token_ids for g in a]
+    g = looped.generate("class ", max_new_tokens=30, temperature=0.8, top_k=40, seed=9)
+    assert "".join(looped.stream("class ", max_new_tokens=30, temperature=0.8, top_k=40, seed=9)) == g.text
+    other = looped.generate("class ", max_new_tokens=30, temperature=0.8, top_k=40, seed=10)
+    assert other.token_ids != g.token_ids
+
+
+def test_repeat_penalty_breaks_greedy_loops_and_is_validated(lm):
+    plain = lm.generate("x = x + x + x + ", max_new_tokens=40, heal=False)
+    pen = lm.generate("x = x + x + x + ", max_new_tokens=40, heal=False, repeat_penalty=2.0)
+    assert pen.token_ids != plain.token_ids
+    import numpy as np
+
+    from edgekit.runtime.gpt import penalize
+
+    ids = lm.encode("x = x + x + x + ")
+    logits = lm._prefill([ids])[0][:, : lm.vocab_size]
+    assert pen.token_ids[0] == int(penalize(logits, np.array([ids[-64:]]), 2.0).argmax())  # the prompt is in the window
+    with pytest.raises(UsageError, match="repeat_penalty"):
+        lm.generate("x", repeat_penalty=0)
+    with pytest.raises(UsageError, match="repeat_last_n"):
+        lm.generate("x", repeat_penalty=1.1, repeat_last_n=-1)
