@@ -707,8 +707,8 @@ def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta:
     checks = {"identical_greedy": (SamplingOptions(max_new_tokens=n, heal=False), step_engine),
               "top_k1_is_greedy": (SamplingOptions(max_new_tokens=n, heal=False, temperature=0.7, top_k=1, seed=0),
                                    None),
-              "identical_sampled": (SamplingOptions(max_new_tokens=n, heal=False, temperature=0.8, top_k=40, top_p=0.95,
-                                                    seed=1), stepped),
+              "identical_sampled": (SamplingOptions(max_new_tokens=n, heal=False, temperature=0.8,
+                                                    top_k=min(40, stepped.vocab_size), top_p=0.95, seed=1), stepped),
               "identical_penalized": (SamplingOptions(max_new_tokens=n, heal=False, repeat_penalty=1.3,
                                                       repeat_last_n=16), stepped)}
     greedy = [g.token_ids for g in step_engine._run(prompts, checks["identical_greedy"][0])]
