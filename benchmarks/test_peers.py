@@ -121,6 +121,15 @@ class LlamaCpp:
         eval_rate = perf.n_eval / (perf.t_eval_ms / 1e3) if perf.t_eval_ms > 0 else 0.0
         return out, rate, eval_rate
 
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's own tokenizer (from the GGUF's metadata), no BOS, special text kept as text."""
+        raw = text.encode("utf-8")
+        buf = (llama_cpp.llama_token * (len(raw) + 8))()
+        n = llama_cpp.llama_tokenize(self.vocab, raw, len(raw), buf, len(buf), False, False)
+        if n < 0:
+            raise RuntimeError(f"llama_tokenize needs {-n} slots")
+        return list(buf[:n])
+
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits (T, V) at every position of ``ids`` (one batch, all outputs requested)."""
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
@@ -195,6 +204,22 @@ def test_gguf_f32_matches_pytorch(benchmark, peers):
     assert all(agree | (gap < tie)), f"argmax differs at positions {np.flatnonzero(~agree & (gap >= tie))[:5]}"
     if first_diff is not None:  # free running may only part at such a near tie
         assert gap[len(ids) - 1 + first_diff] < tie, f"greedy tokens part at {first_diff} without a near tie"
+
+
+def test_gguf_tokenizer_matches_edgekit(benchmark, peers):
+    """The GGUF's vocabulary and merges tokenize real code as edgekit does (GPT-2's, or merges recovered
+    from an edgekit-trained BPE's ranks): the file is a complete model for llama.cpp, not just weights."""
+    benchmark.group = "peers"
+    text = (ROOT / "runtime" / "tokenizer.py").read_text(encoding="utf-8")[:6000] + " naïve café → 東京 😀\n"
+    want = peers["lm"].tokenizer.encode(text)
+    llm = LlamaCpp(peers["f32"], peers["block_size"])
+    try:
+        got = benchmark.pedantic(lambda: llm.tokenize(text), rounds=1, iterations=1)
+    finally:
+        llm.close()
+    benchmark.extra_info.update({"tokens": len(want), "same": got == want})
+    first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+    assert got == want, f"llama.cpp tokenizes differently from token {first} ({len(got)} vs {len(want)} tokens)"
 
 
 def test_decode_vs_llamacpp_q8_0(benchmark, gate, peers):
