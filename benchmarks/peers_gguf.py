@@ -43,15 +43,9 @@ LAYER_NORM_EPS = 1e-5  # edgekit.models.gpt.LayerNorm
 @functools.lru_cache(maxsize=1)
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (encoder.json and vocab.bpe are written in it)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+    from edgekit.train.bpe import _byte_decoder
+
+    return {b: ch for ch, b in _byte_decoder().items()}
 
 
 def _printable(token: bytes) -> str:

@@ -189,12 +189,16 @@ def test_meta_and_val_bin_are_found_beside_the_checkpoints_parents(nano_char, tm
     assert ckpt.tokenizer["kind"] == "char" and ckpt.source == "nanogpt"
 
 
+def _untrained_ckpt(path, *, vocab: int, dataset: str) -> None:
+    args = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=False, vocab_size=vocab, dropout=0.0)
+    model = GPT(GPTConfig(**args))
+    save_like_train_py(path, model, torch.optim.AdamW(model.parameters()), args, _train_config(dataset=dataset),
+                       iter_num=10, val_loss=5.0)
+
+
 def test_a_mismatched_meta_pkl_is_an_error_and_nothing_is_written(tmp_path):
     write_char_dataset(tmp_path / "data" / "shakespeare_char", "First Citizen:\nBefore we proceed any further.\n" * 20)
-    args = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=False, vocab_size=50304, dropout=0.0)
-    model = GPT(GPTConfig(**args))
-    save_like_train_py(tmp_path / "out" / "ckpt.pt", model, torch.optim.AdamW(model.parameters()), args,
-                       _train_config(dataset="shakespeare_char"), iter_num=10, val_loss=5.0)
+    _untrained_ckpt(tmp_path / "out" / "ckpt.pt", vocab=50304, dataset="shakespeare_char")
     r = run_cli("export", tmp_path / "out" / "ckpt.pt", "-o", tmp_path / "x.onnx")
     assert r.exit_code == 1 and r.stderr.count("\n") == 1
     assert "characters but checkpoint" in r.stderr and "50,304-id vocabulary" in r.stderr
@@ -202,10 +206,7 @@ def test_a_mismatched_meta_pkl_is_an_error_and_nothing_is_written(tmp_path):
 
 
 def test_a_char_model_without_its_meta_pkl_says_where_it_looked(tmp_path):
-    args = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, bias=False, vocab_size=20, dropout=0.0)
-    model = GPT(GPTConfig(**args))
-    save_like_train_py(tmp_path / "out" / "ckpt.pt", model, torch.optim.AdamW(model.parameters()), args,
-                       _train_config(dataset="my_chars"), iter_num=10, val_loss=3.0)
+    _untrained_ckpt(tmp_path / "out" / "ckpt.pt", vocab=20, dataset="my_chars")
     r = run_cli("export", tmp_path / "out" / "ckpt.pt", "-o", tmp_path / "x.onnx")
     assert r.exit_code == 1 and r.stderr.count("\n") == 1
     assert "20-id vocabulary" in r.stderr and "data/my_chars" in r.stderr and "--meta" in r.stderr
