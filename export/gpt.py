@@ -195,10 +195,7 @@ def untie_head(model: onnx.ModelProto) -> onnx.ModelProto:
     raise ExportError("could not find the LM head (Gemm/MatMul on the token embedding) to untie")
 
 
-def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(m)
-    return out
+_copy = rewrites.copy_model
 
 
 def _prune(m: onnx.ModelProto) -> onnx.ModelProto:
@@ -807,7 +804,6 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
         + ")")
     if "warning" in data_info:
         say(f"[edgekit] warning: {data_info['warning']}")
-    report_data = {"verification_data": data_info}
     probe = make_probe(model, val)
     meta = {"family": "gpt", "config": cfg, "vocab_size": tok.n_vocab, "tokenizer": tok_spec,
             "special_tokens": {"eot": tok.eot_id}, "block_size": cfg["block_size"],
@@ -817,7 +813,7 @@ def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
             "source_format": ckpt.source, "source_iter": ckpt.iter_num, "source_best_val_loss": ckpt.best_val_loss}
     threads = opts.threads
     report = ExportReport(output=str(opts.out), family="gpt", scheme="",
-                          extra={**report_data, "threads": {"torch": torch.get_num_threads(), "onnxruntime": threads}})
+                          extra={"verification_data": data_info, "threads": {"torch": torch.get_num_threads(), "onnxruntime": threads}})
 
     def record(step: str, m: onnx.ModelProto, t0: float, figures: dict, ok: bool, note: str = ""):
         report.steps.append(StepRecord(step=step, bytes=common.model_bytes(m), parity=figures,

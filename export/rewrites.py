@@ -17,7 +17,8 @@ import onnx
 from onnx import numpy_helper
 
 
-def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
+def copy_model(m: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy: onnxruntime's optimizer and quantizers edit their input in place."""
     out = onnx.ModelProto()
     out.CopyFrom(m)
     return out
@@ -25,7 +26,7 @@ def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
 
 def zero_layernorm_bias(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give every bias-free LayerNormalization an explicit zero bias (same output, fusable)."""
-    m = _copy(model)
+    m = copy_model(model)
     inits = {i.name: i for i in m.graph.initializer}
     for node in m.graph.node:
         if node.op_type != "LayerNormalization" or len(node.input) >= 3 and node.input[2]:
@@ -45,7 +46,7 @@ def zero_layernorm_bias(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def fold_attention_bias(model: onnx.ModelProto) -> onnx.ModelProto:
     """Move the QKV projection's bias Add into MultiHeadAttention's own ``bias`` input."""
-    m = _copy(model)
+    m = copy_model(model)
     inits = {i.name for i in m.graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in m.graph.node:
@@ -91,7 +92,7 @@ def fuse_residual_layernorm(model: onnx.ModelProto) -> onnx.ModelProto:
     residual operands first is exact and lets one fused kernel add them (and, with bias on, the last
     MLP projection's bias): bias-on and bias-off graphs end with the same three nodes.
     """
-    m = _copy(model)
+    m = copy_model(model)
     inits = {i.name for i in m.graph.initializer}
     uses: dict[str, int] = {}
     for n in m.graph.node:
