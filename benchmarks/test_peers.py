@@ -276,13 +276,15 @@ def test_decode_vs_llamacpp_q8_0(benchmark, gate, peers):
         "llamacpp_greedy_eval_only_tokens_per_s": med["ll_greedy_eval"],
         "llamacpp_sampled_eval_only_tokens_per_s": med["ll_sampled_eval"],
         "greedy_vs_llamacpp_q8_0": ratios["greedy"], "sampled_vs_llamacpp_q8_0": ratios["sampled"],
-        "file_bytes_vs_llamacpp_q8_0": ratios["file"], "greedy_tokens_same_as_llamacpp_before_parting": same_prefix,
+        "file_bytes_vs_llamacpp_q8_0": ratios["file"],
+        "greedy_tokens_same_as_llamacpp_before_parting": same_prefix,
         "last_sampled_lengths": [ek_n, ll_n], "all_rates": rates})
     print(f"\n{peers['ckpt'].name}: {n_params:,} parameters, edgekit default export ({scheme}) vs llama.cpp q8_0, "
           f"1 thread, {len(ids)}-token prompt, {NEW_TOKENS} new tokens, median of {ROUNDS} interleaved rounds "
           f"(ratio: median of per-round ratios)")
-    print(f"| | edgekit | llama.cpp q8_0 | ratio |\n| --- | ---: | ---: | ---: |")
-    print(f"| greedy decode | {med['ek_greedy']:,.0f} tok/s | {med['ll_greedy']:,.0f} tok/s | {ratios['greedy']:.2f}x |")
+    print("| | edgekit | llama.cpp q8_0 | ratio |\n| --- | ---: | ---: | ---: |")
+    print(f"| greedy decode | {med['ek_greedy']:,.0f} tok/s | {med['ll_greedy']:,.0f} tok/s | "
+          f"{ratios['greedy']:.2f}x |")
     print(f"| sampled decode (T {TEMPERATURE}, top-k {TOP_K}) | {med['ek_sampled']:,.0f} tok/s | "
           f"{med['ll_sampled']:,.0f} tok/s | {ratios['sampled']:.2f}x |")
     print(f"| file | {ek_bytes / 1e6:.1f} MB ({scheme}) | {ll_bytes / 1e6:.1f} MB | {ratios['file']:.2f}x |")
