@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-INSTALL = ("peer benchmark needs llama-cpp-python (built from source) and gguf: "
-           "CMAKE_ARGS='-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF' pip install '.[peers]' (see README, 'Peers')")
+INSTALL = ("peer benchmark needs llama-cpp-python (built from source) and gguf: CMAKE_ARGS='-DGGML_NATIVE=ON "
+           "-DLLAVA_BUILD=OFF' pip install -c constraints.txt --no-binary llama-cpp-python -e '.[peers]' "
+           "(README: 'Against llama.cpp')")
 try:
     import gguf  # noqa: F401
     import llama_cpp
