@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ExportError, UsageError
+from edgekit.errors import EdgekitError, ExportError, UsageError
 from edgekit.runtime.tokenizer import ENDOFTEXT, GPT2_PAT_STR, _gpt2_files, from_spec
 
 LAYER_NORM_EPS = 1e-5  # edgekit.models.gpt.LayerNorm
@@ -124,8 +124,10 @@ def gguf_tensors(model) -> dict[str, np.ndarray]:
         p, b = f"transformer.h.{i}.", f"blk.{i}."
         out.update({
             b + "attn_norm.weight": sd[p + "ln_1.weight"], b + "attn_norm.bias": bias(p + "ln_1.bias", C),
-            b + "attn_qkv.weight": sd[p + "attn.c_attn.weight"], b + "attn_qkv.bias": bias(p + "attn.c_attn.bias", 3 * C),
-            b + "attn_output.weight": sd[p + "attn.c_proj.weight"], b + "attn_output.bias": bias(p + "attn.c_proj.bias", C),
+            b + "attn_qkv.weight": sd[p + "attn.c_attn.weight"],  # (3C, C): q, k, v rows, as llama.cpp splits
+            b + "attn_qkv.bias": bias(p + "attn.c_attn.bias", 3 * C),
+            b + "attn_output.weight": sd[p + "attn.c_proj.weight"],
+            b + "attn_output.bias": bias(p + "attn.c_proj.bias", C),
             b + "ffn_norm.weight": sd[p + "ln_2.weight"], b + "ffn_norm.bias": bias(p + "ln_2.bias", C),
             b + "ffn_up.weight": sd[p + "mlp.c_fc.weight"], b + "ffn_up.bias": bias(p + "mlp.c_fc.bias", 4 * C),
             b + "ffn_down.weight": sd[p + "mlp.c_proj.weight"], b + "ffn_down.bias": bias(p + "mlp.c_proj.bias", C),
@@ -177,7 +179,7 @@ def write_f32(ckpt_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     return Path(out)
 
 
-def quantize(f32_path: str | os.PathLike, out: str | os.PathLike, ftype: str = "q8_0") -> Path:
+def quantize(f32_path: str | os.PathLike, out: str | os.PathLike, *, ftype: str = "q8_0") -> Path:
     """llama.cpp's own quantizer (``llama_model_quantize``, the llama-quantize tool's call)."""
     import llama_cpp
 
@@ -201,7 +203,7 @@ def to_gguf(ckpt_path: str | os.PathLike, out: str | os.PathLike, *, outtype: st
     tmp = out.with_name(out.name + ".f32.tmp")
     try:
         write_f32(ckpt_path, tmp)
-        return quantize(tmp, out, outtype)
+        return quantize(tmp, out, ftype=outtype)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         path = to_gguf(a.checkpoint, a.out, outtype=a.outtype)
-    except Exception as e:  # a script: one line, no traceback
+    except (EdgekitError, OSError) as e:  # a script: one line, no traceback, for problems the user can fix
         print(f"peers_gguf: error: {e}", file=sys.stderr)
         return 1
     print(f"{path} ({path.stat().st_size:,} bytes)")
