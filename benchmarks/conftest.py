@@ -1,10 +1,11 @@
 """Benchmark fixtures: real models (trained here unless paths are given) and the budget gate.
 
-    EDGEKIT_BENCH_GPT=runs/p3/phase3.pt pytest benchmarks/     # use your checkpoint
+    EDGEKIT_BENCH_GPT=runs/p3/phase3.pt pytest benchmarks/     # your checkpoint (default: shipped soma)
     pytest benchmarks -m gate                                    # the fast gates `make test` runs
 
-Every benchmark records scheme, threads and model bytes in ``extra_info`` and checks its budgets
-(benchmarks/budgets.toml, or the file in $EDGEKIT_BUDGETS) through ``gate``.
+Every benchmark records scheme, threads and model bytes in ``extra_info``, checks its answer against an
+independent reference in the same test (benchmarks/checks.py) and its budgets (benchmarks/budgets.toml,
+or the file in $EDGEKIT_BUDGETS) through ``gate``.
 """
 from __future__ import annotations
 
@@ -53,13 +54,10 @@ def gate(budgets, benchmark):
 
 @pytest.fixture(scope="session")
 def gpt_artifacts(tmp_path_factory):
-    """A phase3 checkpoint (yours via EDGEKIT_BENCH_GPT, or a short stdlib run) and its default export."""
-    ckpt = os.environ.get("EDGEKIT_BENCH_GPT")
-    out = tmp_path_factory.mktemp("bench_phase3")
-    if ckpt is None:
-        edgekit("train", "phase3", "--out", out, "--tokens", 60000, "--max-iters", 40, "--eval-interval", 20,
-                "--quiet")
-        ckpt = out / "phase3.pt"
-    onnx_path = out / "phase3.onnx"
+    """A trained GPT checkpoint (yours via EDGEKIT_BENCH_GPT, else the shipped soma reference trained on
+    the whole stdlib, examples/reference/soma-stdlib.pt) and its default export, made here by this code."""
+    ckpt = Path(os.environ.get("EDGEKIT_BENCH_GPT") or ROOT / "examples" / "reference" / "soma-stdlib.pt")
+    out = tmp_path_factory.mktemp("bench_gpt")
+    onnx_path = out / (ckpt.stem + ".onnx")
     edgekit("export", ckpt, "-o", onnx_path, "--quiet")
-    return {"ckpt": Path(ckpt), "onnx": onnx_path}
+    return {"ckpt": ckpt, "onnx": onnx_path}

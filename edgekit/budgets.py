@@ -1,4 +1,4 @@
-"""Budgets: one TOML file (benchmarks/budgets.toml), every budget with its source. Used by the pytest suite and `edgekit bench`.
+"""Budgets: one TOML file (benchmarks/budgets.toml, shipped as edgekit/budgets.toml), every budget with its source. Used by the pytest suite and `edgekit bench`.
 
     budgets = load_budgets()                      # benchmarks/budgets.toml
     check(budgets, "gpt.decode_speedup_vs_torch", measured=11.3)   # raises BudgetError naming all three
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import tomllib
 
-# The one budgets file lives with the benchmark suite at the repository's top level.
-DEFAULT = Path(__file__).resolve().parent.parent / "benchmarks" / "budgets.toml"
+# The one budgets file is benchmarks/budgets.toml; edgekit/budgets.toml links to it so the wheel ships a
+# copy as package data (setuptools copies the link's target) and `edgekit bench` works from `pip install .`.
+DEFAULT = Path(__file__).resolve().parent / "budgets.toml"
 
 
 class BudgetError(AssertionError):

@@ -79,10 +79,11 @@ def _fmt(v) -> str:
 
 
 def _human_bytes(n: int) -> str:
+    """Decimal units (1 MB = 1,000,000 bytes), as the README and `edgekit export`'s last line use."""
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+        if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     return str(n)
 
 

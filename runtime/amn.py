@@ -82,3 +82,12 @@ def infer_cli(model: AMNModel, inputs: list[str], opts: dict) -> int:
                              f"cosine to last {r['cosine_to_last'][i]:.3f}, "
                              f"to context mean {r['cosine_to_context_mean'][i]:.3f}\n")
     return 0
+
+
+def bench_metrics(model: AMNModel, path: str) -> dict:
+    """`edgekit bench` hook: the unbudgeted p50 of one predict_next (file_bytes, amn's size budget, is
+    measured for every family by bench_model)."""
+    from edgekit.runtime.bench import p50_us
+
+    ctx = np.random.default_rng(0).standard_normal((model.ctx, 384)).astype(np.float32)
+    return {"predict_next_p50_us": p50_us(lambda: model.predict_next(ctx))}

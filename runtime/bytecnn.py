@@ -144,3 +144,18 @@ def infer_cli(model: WordScorer, inputs: list[str], opts: dict) -> int:
         out.write("]\n")
     out.flush()
     return 0
+
+
+def bench_metrics(model: WordScorer, path: str) -> dict:
+    """`edgekit bench` hook: single_word_p50_us (the notes' < 0.1 ms a word; a budget key) and the
+    unbudgeted batch throughput over 5,000 generated words."""
+    import time
+
+    from edgekit.runtime.bench import p50_us
+
+    words = [f"w{i}ord{i % 97}" for i in range(5000)]
+    model.score(words)
+    t = time.perf_counter()
+    model.score(words)
+    return {"single_word_p50_us": p50_us(lambda: model.score_one("bandersnatch"), calls=2000),
+            "batch_words_per_s": len(words) / (time.perf_counter() - t)}

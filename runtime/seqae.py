@@ -139,3 +139,18 @@ def infer_cli(model: SeqAEModel, inputs: list[str], opts: dict) -> int:
                              f"      reconstruction: token cosine {r['token_cosine'][i]:.3f}, "
                              f"sequence cosine {r['sequence_cosine'][i]:.3f}\n")
     return 0
+
+
+def bench_metrics(model: SeqAEModel, path: str) -> dict:
+    """`edgekit bench` hook: ``<preset>_file_bytes`` (the budget key for ae-baseline / ae-attention) and the
+    unbudgeted p50 of reconstructing one 17-vector sequence."""
+    import os
+
+    from edgekit.runtime.bench import p50_us
+
+    x = np.random.default_rng(0).standard_normal((17, model.meta["config"]["input_dim"])).astype(np.float32)
+    out = {"reconstruct_p50_us": p50_us(lambda: model.reconstruct(x))}
+    preset = model.meta.get("preset") or ""
+    if preset.startswith("ae-"):
+        out[f"{preset[3:]}_file_bytes"] = os.path.getsize(path)
+    return out

@@ -86,7 +86,7 @@ def test_runtime_predict_next_matches_torch(tiny_amn):
     batch = m.predict_next(np.concatenate([ctx, ctx])[:4])
     assert batch.shape == (4, 384)
     fp32 = m.meta["quantization"]["scheme"] == "fp32"
-    tol = 1e-4 if fp32 else 0.1
+    tol = 1e-4 if fp32 else 0.01  # a fifth of a typical |element| (~0.05)
     # dynamic int8 scales activations over the whole batch, so a batched row is only close to the single call
     np.testing.assert_allclose(batch[0], nxt, atol=1e-5 if fp32 else tol)
     with torch.no_grad():

@@ -40,13 +40,26 @@ def test_edgekit_bench_exits_3_on_an_impossible_budget(tmp_path, tiny_soma):
 
 def test_pytest_gate_fails_with_the_budget_message(tmp_path, tiny_gpt):
     text = (ROOT / "benchmarks" / "budgets.toml").read_text()
-    text = re.sub(r"phase3_file_bytes = \{ max = [\d_]+", "phase3_file_bytes = { max = 1", text)
+    text = re.sub(r"file_bytes_over_fp32 = \{ max = [\d.]+", "file_bytes_over_fp32 = { max = 0.01", text)
     f = tmp_path / "impossible.toml"
     f.write_text(text)
     env = {**os.environ, "EDGEKIT_BUDGETS": str(f), "EDGEKIT_BENCH_GPT": str(tiny_gpt["ckpt"])}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        str(ROOT / "benchmarks" / "test_gpt.py") + "::test_gpt_default_export_size",
+                        str(ROOT / "benchmarks" / "test_gpt.py") + "::test_gpt_default_export_size", "-m", "gate",
                         "--benchmark-min-rounds=1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 1, r.stdout[-3000:]
-    assert "BROKEN budget gpt.phase3_file_bytes: measured" in r.stdout
-    assert "half the fp32 single-file export" in r.stdout
+    assert "BROKEN budget gpt.file_bytes_over_fp32: measured" in r.stdout
+    assert "fp32 (1.0) fails: the default must be quantized" in r.stdout
+
+
+def test_edgekit_bench_on_the_shipped_model_uses_the_default_budgets():
+    """The default budgets (package data) give the shipped soma reference >= 4 budgeted rows, all held."""
+    import json
+
+    r = run_cli("bench", ROOT / "examples" / "reference" / "soma-stdlib.onnx", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    budgeted = [row for row in res["rows"] if row["budget"]]
+    assert len(budgeted) >= 4 and all(row["source"] and row["ok"] for row in budgeted), res["rows"]
+    assert {"file_bytes_over_fp32", "worst_scheme_greedy_agreement", "threads2_vs_threads1",
+            "peak_rss_mb", "import_runtime_s"} <= {row["metric"] for row in budgeted}

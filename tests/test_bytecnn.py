@@ -192,7 +192,7 @@ def test_export_parity_and_metadata(tiny_nano):
     steps = {s["step"]: s for s in rep["steps"]}
     assert set(steps) == {"export", "simplify", "quantize:int8"}
     assert steps["simplify"]["parity"]["max_abs_diff"] <= 1e-4 and steps["simplify"]["ok"]
-    assert abs(steps["quantize:int8"]["parity"]["spearman_delta"]) < 0.05
+    assert abs(steps["quantize:int8"]["parity"]["spearman_delta"]) <= 0.01  # the export's own budget
     from edgekit.runtime.modelfile import open_model
 
     _, meta = open_model(tiny_nano["onnx"])

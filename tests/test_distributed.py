@@ -29,6 +29,8 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     assert single.returncode == 0, single.stderr[-2000:]
     a, b = json.loads(ddp.stdout), json.loads(single.stdout)  # only rank 0 printed
     assert a["world_size"] == 2 and b["world_size"] == 1
+    # the batch is global: 2 processes see the tokens 1 process sees, not twice as many
+    assert a["tokens_seen"] == b["tokens_seen"] == 12 * 8 * 16  # steps x global batch x phase1's block
     ha = json.loads((tmp_path / "ddp" / "train_log.json").read_text())["history"]
     hb = json.loads((tmp_path / "one" / "train_log.json").read_text())["history"]
     assert ha["steps"] == hb["steps"]

@@ -132,3 +132,27 @@ def test_inspect_shows_metadata_ops_and_sizes(tiny_gpt):
     sizes = info["size_breakdown"]
     assert sizes["token_embedding"] > sizes["transformer"] > 0
     assert "token_embedding" in run_cli("inspect", tiny_gpt["fp32"]).stdout
+
+
+# ----- every export budget, forced to break: exit 1, one error line, nothing written -------------------
+import pytest as _pytest  # noqa: E402
+
+
+@_pytest.mark.parametrize("budget, value, quant, says", [
+    ("FP32_TOL", 0.0, "fp32", "max |logit diff|"),                 # the fp32 graph must match PyTorch
+    ("GREEDY_AGREEMENT", 1.01, "int8-dynamic", "greedy agreement"),  # quantized: greedy top-1 agreement
+    ("VAL_LOSS_DELTA_PCT", -100.0, "int8-nbits", "val loss"),        # quantized: held-out loss delta
+])
+def test_export_budget_break_exits_1_with_one_line_and_writes_nothing(tmp_path, tiny_soma, monkeypatch, budget,
+                                                                       value, quant, says):
+    import edgekit.export.gpt as gpt_export
+    from conftest import run_cli
+
+    monkeypatch.setattr(gpt_export, budget, value)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    r = run_cli("export", tiny_soma["ckpt"], "-o", out_dir / "m.onnx", "--quant", quant, "--quiet")
+    assert r.exit_code == 1, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgekit: error: verification failed") and says in lines[0], lines
+    assert list(out_dir.iterdir()) == []

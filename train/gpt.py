@@ -228,8 +228,9 @@ def _train(preset, opts: TrainOptions, out: Path, ctx) -> dict:
         "best_step": stopper.best_step, "best_val_loss": stopper.best,
         "final_train_loss": history.metrics["train_loss"][-1], "final_val_loss": history.metrics["val_loss"][-1],
         "stopped_early": stopped_early, "wall_seconds": wall, "world_size": ctx.world_size,
-        "tokens_seen": (it - start) * bs * block * ctx.world_size,
-        "train_tokens_per_s": (it - start) * bs * block * ctx.world_size / max(wall, 1e-9), "config": hp,
+        # bs is the global batch (each rank trains on its bs / world slice): no factor of world_size
+        "tokens_seen": (it - start) * bs * block,
+        "train_tokens_per_s": (it - start) * bs * block / max(wall, 1e-9), "config": hp,
     }
     if ctx.is_main:
         write_log(out, {**summary, "history": history.to_dict()})
