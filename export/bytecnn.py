@@ -25,7 +25,9 @@ FP32_TOLERANCE = 1e-4  # max |onnx - torch| on scores in [0, 1]
 INT8_TOLERANCE = 0.01  # max |int8 - torch| over ~31k words: 0.0051 measured 2026-11-22 (nano-cnn, 200 steps), ~2x
 INT8_MEAN_TOLERANCE = 0.01  # mean |int8 - torch|: scores as a whole stay put (measured 0.002-0.006)
 SPEARMAN_BUDGET = 0.01  # int8 may lose at most this much test Spearman against PyTorch
-SPEED_TOLERANCE = 1.05  # "not slower": int8 p50 within 5% of fp32's, the spread of repeated fp32 timings here
+SPEED_TOLERANCE = 1.15  # "not slower": int8 p50 within 15% of fp32's. int8 is dequantized once at load and runs
+# the same fp32 kernels, so a gap is timing noise (single-word p50s of ~8 us moved 5-10% between rounds on this
+# shared 2-core machine, and a 5% bar let auto keep fp32, 2.6x larger, under load)
 INT8_MIN_ELEMENTS = 64  # weights smaller than this (biases, tiny heads) stay fp32
 INT8_RECIPE = ("int8 weights, symmetric, one fp32 scale per output channel (axis 0), for every float "
                f"initializer of 2+ dims and {INT8_MIN_ELEMENTS}+ elements; Cast+Mul dequantize, folded by "

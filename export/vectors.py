@@ -28,7 +28,8 @@ from edgekit.export.common import ExportReport, StepRecord
 from edgekit.train.common import log
 
 FP32_TOL = 1e-4  # max |difference| against PyTorch for graphs that should be exact
-SPEED_TOLERANCE = 1.03  # int8 counts as "not slower" within 3% of fp32's p50 on a noisy shared machine
+SPEED_TOLERANCE = 1.10  # int8 counts as "not slower" within 10% of fp32's p50: the timings are taken one after the
+# other, and p50s moved up to ~10% between runs on this shared 2-core machine; fp32 is 1.4-4x larger
 QUANT_CHOICES = ("auto", "fp32", "int8", "int8-dynamic")
 
 
@@ -119,6 +120,17 @@ def p50_ms(fn, *, rounds: int = 30, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def interleaved_p50_ms(models: dict, session, feeds: dict, *, rounds: int = 5, calls: int = 20) -> dict[str, float]:
+    """{name: p50 ms of one ``run``}: each model's p50 over ``calls`` runs, taken in ``rounds`` alternating
+    rounds; the lowest round counts (the least disturbed by other work on the machine)."""
+    sessions = {k: session(m) for k, m in models.items()}
+    best = {k: float("inf") for k in models}
+    for _ in range(rounds):
+        for k, sess in sessions.items():
+            best[k] = min(best[k], p50_ms(lambda: sess.run(None, feeds), rounds=calls, warmup=2))
+    return best
+
+
 def check_quant(quant: str, family: str) -> str:
     if quant not in QUANT_CHOICES:
         raise UsageError(f"--quant {quant} does not apply to {family} models; choose one of {', '.join(QUANT_CHOICES)}")
@@ -168,20 +180,20 @@ def run_pipeline(graph: onnx.ModelProto, exporter: str, *, module, family: str, 
         sess = common.session(m, threads=1)
         return quality([sess.run(None, f) for f in probes])
 
-    def latency(m):
-        sess = common.session(m, threads=opts.threads)
-        return p50_ms(lambda: sess.run(None, timing_feeds))
-
     fp32_q = score(simplified)
-    timings = {"fp32": latency(simplified)}
-    passing: dict[str, tuple[onnx.ModelProto, dict]] = {}
-    rejected: dict[str, str] = {}
+    built: dict[str, tuple[onnx.ModelProto, dict, float, dict]] = {}
     for name, kwargs in (candidates.items() if wanted != "fp32" else ()):
         t0 = time.time()
         q = common.quantize_int8(simplified, **kwargs)
-        q_score, timings[name] = score(q), latency(q)
-        drop = fp32_q - q_score
-        figures = {quality_name: q_score, "drop": drop, "budget": quality_budget, "p50_ms": timings[name],
+        built[name] = (q, kwargs, t0, {quality_name: score(q)})
+    # every candidate timed beside fp32 in alternating rounds, so all see the same machine load
+    timings = interleaved_p50_ms({"fp32": simplified, **{k: v[0] for k, v in built.items()}},
+                                 lambda m: common.session(m, threads=opts.threads), timing_feeds)
+    passing: dict[str, tuple[onnx.ModelProto, dict]] = {}
+    rejected: dict[str, str] = {}
+    for name, (q, kwargs, t0, qual) in built.items():
+        drop = fp32_q - qual[quality_name]
+        figures = {**qual, "drop": drop, "budget": quality_budget, "p50_ms": timings[name],
                    "p50_ms_fp32": timings["fp32"]}
         ok = drop <= quality_budget
         note = "" if ok else f"{quality_name} drops {drop:.4f} > {quality_budget}"
