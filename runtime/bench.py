@@ -171,12 +171,13 @@ def bench_model(path: str, *, budget_file: str | None = None, threads: int = 1) 
 
 
 def render_table(result: dict) -> str:
+    w = max([len("metric"), *(len(r["metric"]) for r in result["rows"])]) + 2
     lines = [f"{result['model']} ({result['family']}, {result['scheme']}, {result['threads']} thread(s))",
-             f"{'metric':<22}{'measured':>14}  {'budget':<16}{'status':<8}source"]
+             f"{'metric':<{w}}{'measured':>14}  {'budget':<16}{'status':<8}source"]
     for r in result["rows"]:
         bound = " ".join(f"{'>=' if k == 'min' else '<='} {v:g}" for k, v in r["budget"].items())
         status = "-" if not r["budget"] else ("ok" if r["ok"] else "BROKEN")
-        lines.append(f"{r['metric']:<22}{r['measured']:>14,.3f}  {bound:<16}{status:<8}{r['source']}")
+        lines.append(f"{r['metric']:<{w}}{r['measured']:>14,.3f}  {bound:<16}{status:<8}{r['source']}")
     broken = [r["message"] for r in result["rows"] if not r["ok"]]
     lines += [f"BROKEN {m}" for m in broken]
     return "\n".join(lines)
