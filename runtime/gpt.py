@@ -35,6 +35,7 @@ from edgekit.runtime.tokenizer import Tokenizer, from_spec
 MAX_NEW_TOKENS_LIMIT = 100_000
 WINDOWS = ("slide", "exact")
 
+MIN_TEMPERATURE = 1e-3  # logits / T in float32 (the in-graph sampler's type) overflows for smaller T: use 0 for greedy
 
 @dataclass
 class Generation:
@@ -75,8 +76,8 @@ class SamplingOptions:
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \
                 or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
             raise UsageError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT:,}; got {self.max_new_tokens!r}")
-        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100 and np.isfinite(self.temperature)):
-            raise UsageError(f"temperature must be between 0 (greedy) and 100; got {self.temperature!r}")
+        if not (isinstance(self.temperature, (int, float)) and (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= 100)):
+            raise UsageError(f"temperature must be 0 (greedy) or from {MIN_TEMPERATURE:g} to 100; got {self.temperature!r}")
         if self.top_k is not None and not (isinstance(self.top_k, int) and 1 <= self.top_k <= vocab):
             raise UsageError(f"top_k must be an integer from 1 to the vocabulary size {vocab}; got {self.top_k!r}")
         if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):

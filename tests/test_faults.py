@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgekit.errors import UsageError
 from edgekit.runtime import load
 
 
@@ -103,7 +104,7 @@ def test_eight_threads_two_hundred_generations_each(tiny_soma):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(temperature=st.floats(0, 3), top_k=st.one_of(st.none(), st.integers(1, 576)),
+@given(temperature=st.one_of(st.just(0.0), st.floats(1e-3, 3)), top_k=st.one_of(st.none(), st.integers(1, 576)),
        top_p=st.one_of(st.none(), st.floats(0.05, 1.0)), seed=st.integers(0, 2**32 - 1),
        n=st.integers(1, 24), prompt=st.text(min_size=1, max_size=40))
 def test_generation_options_property(tiny_soma_lm, temperature, top_k, top_p, seed, n, prompt):
@@ -113,6 +114,13 @@ def test_generation_options_property(tiny_soma_lm, temperature, top_k, top_p, se
     assert 0 < len(g.token_ids) <= n or g.stop_reason == "eot"
     assert all(0 <= t < lm.vocab_size for t in g.token_ids)
     assert lm.generate(prompt, **kw).token_ids == g.token_ids  # same seed, same tokens
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-5, -0.1, float("nan"), 101.0])
+def test_temperature_out_of_range_is_a_usage_error(tiny_soma_lm, temperature):
+    """Temperatures that overflow float32 logits / T (or make no sense) are refused, not sampled as NaN."""
+    with pytest.raises(UsageError, match="temperature must be 0"):
+        tiny_soma_lm.generate("def ", max_new_tokens=2, temperature=temperature, top_k=5)
 
 
 @pytest.fixture(scope="module")
