@@ -493,16 +493,17 @@ def quantize(model: onnx.ModelProto, *, scheme: str, calib: np.ndarray | None = 
         return q, {"scheme": scheme, "tool": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
                    "op_types": ["MatMul", "Gather"], "per_channel": True, "lm_head": "untied MatMul"}
     if scheme == "int8-nbits":
-        # block MatMuls as 8-bit MatMulNBits (block 32, int8 compute), the LM head too (block 64) and
-        # the token embedding reads the head's tensor (share_tied_embedding); the position embedding
-        # goes through quantize_dynamic's int8 Gather
-        untied = untie_head(model)
-        q = common.quantize_nbits(untied, bits=8, block_size=32, include_gather=False, exclude_nodes=["lm_head_matmul"])
-        q = share_tied_embedding(_head_nbits(q))
+        # block MatMuls as 8-bit MatMulNBits (int8 compute; the widest block up to 128 that divides
+        # their width), the LM head as 8-bit MatMulNBits with one scale per vocabulary row, and the
+        # token embedding reads the head's tensor (share_tied_embedding); the position embedding goes
+        # through quantize_dynamic's int8 Gather
+        q = share_tied_embedding(_head_nbits(_blocks_nbits8(untie_head(model))))
         q = common.quantize_int8(q, op_types=("Gather",))
-        return q, {"scheme": scheme, "tool": "MatMulNBitsQuantizer (MatMul) + GatherBlockQuantized on the head's "
-                   "tensor (tied embedding) + quantize_dynamic (position Gather)",
-                   "bits": 8, "block_size": 32, "tied_block_size": TIED_BLOCK, "symmetric": True, "accuracy_level": 4,
+        return q, {"scheme": scheme, "tool": "MatMulNBitsQuantizer (block MatMuls) + 8-bit MatMulNBits with "
+                   "per-row scales (quant_utils, LM head) + GatherBlockQuantized on the head's tensor (tied "
+                   "embedding) + quantize_dynamic (position Gather)",
+                   "bits": 8, "block_size": f"largest power of two <= {MAX_BLOCK} dividing the width",
+                   "tied_scales": "one fp32 scale per vocabulary row", "symmetric": True, "accuracy_level": 4,
                    "op_types": ["MatMul", "Gather"], "tied_embedding": "stored once"}
     if scheme == "int8-static":
         return _quantize_static(untie_head(model), calib, cfg)
@@ -536,7 +537,7 @@ class Int4Search:
                                       exclude_nodes=[n for n in self.size if n not in four])
         head8 = "lm_head_matmul" not in four
         if set(self.size) - four - {self.gather, "lm_head_matmul"}:  # the remaining block MatMuls: 8-bit
-            m = common.quantize_nbits(m, bits=8, block_size=32, include_gather=False, exclude_nodes=["lm_head_matmul"])
+            m = _blocks_nbits8(m)
         if head8:
             m = _head_nbits(m)
         if self.gather not in four:  # an 8-bit embedding reads the 8-bit head's tensor when it can
@@ -548,7 +549,7 @@ class Int4Search:
         total = sum(self.size.values())
         return {"scheme": "int4", "tool": "MatMulNBitsQuantizer (4-bit where the budget allows, 8-bit elsewhere); "
                 "an 8-bit embedding reads the 8-bit head's tensor (GatherBlockQuantized)", "bits": 4, "block_size": 32,
-                "tied_block_size": TIED_BLOCK, "symmetric": False,
+                "tied_scales": "one fp32 scale per vocabulary row (8-bit head)", "symmetric": False,
                 "accuracy_level": 4, "four_bit": sorted(four), "eight_bit": sorted(set(self.size) - four),
                 "four_bit_weight_share": round(sum(self.size[n] for n in four) / total, 4)}
 
@@ -574,19 +575,92 @@ class Int4Search:
         return best[0], self.recipe(four), best[1], best[2]
 
 
-TIED_BLOCK = 64  # block size of the shared 8-bit embedding/head tensor: 1.0625 bytes per weight (32: 1.125)
+MAX_BLOCK = 128  # widest 8-bit MatMulNBits block for the transformer blocks' MatMuls (1.03 bytes per weight)
+
+
+def _block_for(width: int) -> int | None:
+    """The widest power-of-two block <= MAX_BLOCK that divides ``width`` (MatMulNBits pads a partial
+    block: bytes for nothing), None when not even 16 does."""
+    block = MAX_BLOCK
+    while block > 16 and width % block:
+        block //= 2
+    return None if width % block else block
+
+
+def _blocks_nbits8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every MatMul left on an initializer but the LM head as symmetric 8-bit MatMulNBits
+    (onnxruntime's MatMulNBitsQuantizer), each in the widest block that divides its input width: on
+    phase3 (96 wide) the 96-input projections keep block 32, the 384-input MLP projection gets 128;
+    decode speed unchanged (measured interleaved), 0.02 bytes per weight fewer."""
+    inits = {i.name: i for i in model.graph.initializer}
+    by_block: dict[int, list[str]] = {}
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in inits and n.name != "lm_head_matmul":
+            by_block.setdefault(_block_for(int(inits[n.input[1]].dims[0])) or 32, []).append(n.name)
+    m = model
+    for block, names in sorted(by_block.items()):
+        others = [n.name for n in m.graph.node if n.op_type == "MatMul" and n.name not in names]
+        m = common.quantize_nbits(m, bits=8, block_size=block, include_gather=False, exclude_nodes=others)
+    return m
 
 
 def _head_nbits(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The untied LM head (the one MatMul left on an initializer) as symmetric 8-bit MatMulNBits, in the
-    largest block (<= TIED_BLOCK) that divides the width: MatMulNBits pads a partial block, and the
-    padding would both cost bytes and break the embedding's (V, C) view (phase3, 96 wide: block 32)."""
-    inits = {i.name: i for i in model.graph.initializer}
-    width = int(inits["lm_head.weight_t"].dims[0]) if "lm_head.weight_t" in inits else TIED_BLOCK
-    block = TIED_BLOCK
-    while block > 16 and width % block:
-        block //= 2
-    return common.quantize_nbits(model, bits=8, block_size=block, include_gather=False)
+    """The untied LM head as symmetric 8-bit MatMulNBits with ONE fp32 scale per vocabulary row.
+
+    The tied (V, C) matrix is most of a small-width GPT-2-vocabulary model (phase3: 91% of the
+    weights), so its scales decide the file's bytes per parameter. MatMulNBits takes power-of-two
+    blocks only and phase3 is 96 wide: onnxruntime's MatMulNBitsQuantizer gives block 32, an fp32
+    scale per 32 weights, 1.125 bytes per weight (1.13 per parameter for the file); a wider block
+    pads (64: 1.42), fp16 scales need fp16 activations (measured: casts cost 4% of decode).
+    Per-row scales cost 1 + 4/C bytes per weight (phase3: 1.042, the file 1.05 per parameter).
+
+    Written by hand, because no onnxruntime quantizer emits it: the weights are quantized by
+    onnxruntime.quantization.quant_utils (compute_scale_zp_blocked with one block per row, symmetric
+    int8, and quantize_nparray), stored as MatMulNBits' uint8 (V, C / block, block) blob (value + 128:
+    the implied symmetric zero point) with the block the widest power of two dividing C, and the
+    (V, 1) row scales are broadcast to MatMulNBits' (V, C / block) by an Expand of two initializers,
+    which onnxruntime constant-folds when it loads the file, before MatMulNBits prepacks its weights:
+    decode speed measured unchanged against the block-32 head (interleaved rounds), inside the Loop too.
+    A width no power of two >= 16 divides falls back to MatMulNBitsQuantizer (block 16, padded).
+    """
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnxruntime.quantization.quant_utils import compute_scale_zp_blocked, quantize_nparray
+
+    m = _copy(model)
+    inits = {i.name: i for i in m.graph.initializer}
+    node = next((n for n in m.graph.node if n.name == "lm_head_matmul"), None)
+    if node is None or node.input[1] not in inits:
+        raise ExportError("could not find the untied LM head (lm_head_matmul) to quantize")
+    w = np.ascontiguousarray(onnx.numpy_helper.to_array(inits[node.input[1]]).T)  # (V, C)
+    V, C = w.shape
+    block = _block_for(C)
+    if block is None:
+        return common.quantize_nbits(model, bits=8, block_size=16, include_gather=False)
+    zero, scale = compute_scale_zp_blocked(w, TP.INT8, axis=1, block_size=C, symmetric=True)  # (V, 1) each
+    q = quantize_nparray(TP.INT8, w, scale, zero)
+    blob = (q.astype(np.int16) + 128).astype(np.uint8).reshape(V, C // block, block)
+    name = "lm_head.weight_q8"
+    new_inits = [onnx.numpy_helper.from_array(blob, name)]
+    nodes = []
+    if C // block == 1:
+        new_inits.append(onnx.numpy_helper.from_array(scale.astype(np.float32), name + ".scales"))
+    else:
+        new_inits += [onnx.numpy_helper.from_array(scale.astype(np.float32), name + ".row_scales"),
+                      onnx.numpy_helper.from_array(np.array([V, C // block], dtype=np.int64), name + ".scales_shape")]
+        nodes.append(h.make_node("Expand", [name + ".row_scales", name + ".scales_shape"], [name + ".scales"],
+                                 name="lm_head_scales_expand"))
+    nodes.append(h.make_node("MatMulNBits", [node.input[0], name, name + ".scales"], list(node.output),
+                             name="lm_head_matmul_Q8", domain="com.microsoft", K=C, N=V, bits=8, block_size=block,
+                             accuracy_level=4))
+    idx = list(m.graph.node).index(node)
+    m.graph.node.remove(node)
+    for k, n in enumerate(nodes):
+        m.graph.node.insert(idx + k, n)
+    m.graph.initializer.extend(new_inits)
+    if not any(o.domain == "com.microsoft" for o in m.opset_import):
+        m.opset_import.append(h.make_opsetid("com.microsoft", 1))
+    return _prune(m)
 
 
 def share_tied_embedding(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -596,8 +670,9 @@ def share_tied_embedding(model: onnx.ModelProto) -> onnx.ModelProto:
     embedding, with (V, C / block) scales and, symmetric, the implied zero point 128; that is
     byte for byte what GatherBlockQuantized (bits 8, quantize_axis 1) reads as (V, C) data with the
     same scales and the same default zero point. So the token-embedding Gather (fp32, or int8 with its
-    DequantizeLinear) becomes one GatherBlockQuantized on a Reshape of the head's initializer, and the
-    embedding's own copy leaves the file: phase3 int8 drops from 2 to ~1.07 bytes per parameter.
+    DequantizeLinear) becomes one GatherBlockQuantized on a Reshape of the head's initializer (and its
+    scales, _head_nbits' per-row scales broadcast by the Expand), and the embedding's own copy leaves
+    the file: phase3 int8 drops from 2 to 1.05 bytes per parameter (a block-32 head: 1.13).
     A model whose head is not 8-bit symmetric MatMulNBits is returned unchanged.
     """
     from onnx import helper as h

@@ -1,6 +1,7 @@
 """Export: parity at every step, symbolic axes, nanoGPT and character-level checkpoints, safety."""
 import json
 import pickle
+from pathlib import Path
 
 import onnx
 import pytest
@@ -46,6 +47,42 @@ def test_quantized_default_passes_its_budget(tiny_soma):
     if report["scheme"] != "fp32":
         final = meta["verification"]["final"]
         assert final["val_loss_delta_pct"] <= 1.0 and final["greedy_agreement"] >= 0.95
+
+
+
+def test_int8_stores_the_tied_matrix_once_within_1_1_bytes_per_parameter(tmp_path):
+    """On the shipped trained soma, int8-nbits keeps one 8-bit copy of the tied embedding/head: the head's
+    MatMulNBits and the token lookup's GatherBlockQuantized read the same initializer and scales, no
+    other tensor is that big, and the file (metadata included) is <= 1.1 bytes per parameter, the
+    tied matrix counted once, within the quality budget (issue 14)."""
+    import numpy as np
+
+    from edgekit.export.gpt import prepare_model
+    from edgekit.train.checkpoint import load_checkpoint
+
+    ckpt = Path(__file__).resolve().parent.parent / "examples" / "reference" / "soma-stdlib.pt"
+    out = tmp_path / "soma.onnx"
+    r = run_cli("export", ckpt, "-o", out, "--quant", "int8-nbits", "--threads", 1, "--quiet")
+    assert r.exit_code == 0, r.output
+    model, cfg = prepare_model(load_checkpoint(ckpt))
+    params = sum(p.numel() for p in model.parameters())  # nn.Module counts the tied wte/lm_head once
+    V, C = cfg["vocab_size"], cfg["n_embd"]
+    meta, m = _meta(out)
+    inits = {i.name: i for i in m.graph.initializer}
+    body = next(onnx.helper.get_attribute_value(a) for n in m.graph.node if n.op_type == "Loop" for a in n.attribute
+                if a.name == "body")
+    nodes = list(m.graph.node) + list(body.node)
+    producer = {o: n for n in nodes for o in n.output}
+    head = [n for n in nodes if n.op_type == "MatMulNBits"
+            and {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["N"] == V]
+    lookup = [n for n in nodes if n.op_type == "GatherBlockQuantized"]
+    assert len(head) == 1 and len(lookup) == 1
+    assert producer[lookup[0].input[0]].input[0] == head[0].input[1] in inits  # a Reshape of the head's bytes
+    assert lookup[0].input[2] == head[0].input[2]  # and the same scales
+    assert [n for n, i in inits.items() if np.prod(i.dims) >= V * C] == [head[0].input[1]]
+    assert out.stat().st_size / params <= 1.1, (out.stat().st_size, params)
+    final = meta["verification"]["final"]
+    assert final["val_loss_delta_pct"] <= 1.0 and final["greedy_agreement"] >= 0.95
 
 
 def _nanogpt_ckpt(path, *, bias: bool, prefix: bool, vocab: int = 50304, seed: int = 0):
