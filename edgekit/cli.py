@@ -86,7 +86,7 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def presets(as_json):
     """List every preset with its family and exact parameter count."""
-    from edgekit.models.registry import FAMILIES
+    from edgekit.registry import FAMILIES
 
     rows = []
     for fam in FAMILIES.values():
@@ -135,7 +135,7 @@ def train(preset, out, data, tokens, full_corpus, max_iters, eval_interval, pati
     for kv in extra:
         if "=" not in kv:
             raise click.BadParameter(f"expected KEY=VALUE; got {kv!r}", param_hint="--set")
-    from edgekit.models.registry import find_preset
+    from edgekit.registry import find_preset
 
     fam, p = find_preset(preset)
     opts = TrainOptions(out=out or os.path.join("runs", preset), data=data, tokens=tokens, max_iters=max_iters,
@@ -179,7 +179,7 @@ def export(checkpoint, out, quant, meta, data, threads, quiet, as_json):
     if threads is not None and threads < 1:
         raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
     from edgekit.fileio import check_writable_target
-    from edgekit.models.registry import get_family
+    from edgekit.registry import get_family
     from edgekit.train.checkpoint import load_checkpoint
 
     target = out or os.path.splitext(checkpoint)[0] + ".onnx"
@@ -219,7 +219,7 @@ def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, repeat
     """Run MODEL on INPUTS: a prompt (GPT), words (bytecnn) or a .npy/text (vector families); '-' reads stdin."""
     if threads is not None and threads < 1:
         raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
-    from edgekit.models.registry import FAMILIES
+    from edgekit.registry import FAMILIES
     from edgekit.runtime import load
 
     lm = load(model, threads=threads)

@@ -7,8 +7,10 @@
         print(piece, end="", flush=True)
 
 ``load`` reads the family recorded in the file and returns that family's model object
-(``GPTModel`` for language models, a scorer or encoder for the other families).
-Importing this package never imports torch or onnx.
+(``GPTModel`` for language models, a scorer or encoder for the other families); ``family_runtime``
+is the one way to find a family's runtime module (its hooks: ``load``, ``bench_metrics``,
+``bench_workload``, ``weight_group``). The runtime returns objects and never prints.
+Importing this package never imports torch, onnx or edgekit's models/.
 """
 from __future__ import annotations
 
@@ -16,18 +18,20 @@ import importlib
 import os
 
 from edgekit.errors import EdgekitError, ModelFileError
+from edgekit.registry import FAMILIES  # torch-free: entries are module paths
 from edgekit.runtime.modelfile import open_model
 
-__all__ = ["load", "EdgekitError", "ModelFileError"]
+__all__ = ["load", "family_runtime", "EdgekitError", "ModelFileError"]
+
+
+def family_runtime(family: str, *, path: str | os.PathLike = "model"):
+    """The runtime module of ``family`` (from the torch-free registry); unknown families are a clear error."""
+    if family not in FAMILIES:
+        raise ModelFileError(f"{path}: family {family!r} is not known to this edgekit; known: {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[family].runtime_module)
 
 
 def load(path: str | os.PathLike, *, threads: int | None = None):
     """Open an edgekit .onnx file and return the model object for its family."""
-    from edgekit.models.registry import FAMILIES  # torch-free: entries are module paths
-
     sess, meta = open_model(path, threads=threads)
-    family = meta["family"]
-    if family not in FAMILIES:
-        raise ModelFileError(f"{path}: family {family!r} is not known to this edgekit; known: {', '.join(FAMILIES)}")
-    module = importlib.import_module(FAMILIES[family].runtime_module)
-    return module.load(sess, meta, path=str(path), threads=threads)
+    return family_runtime(meta["family"], path=path).load(sess, meta, path=str(path), threads=threads)

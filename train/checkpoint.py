@@ -23,7 +23,7 @@ import torch
 import edgekit
 from edgekit.errors import CheckpointError
 from edgekit.fileio import atomic_path
-from edgekit.models.registry import FAMILIES, get_family
+from edgekit.registry import FAMILIES, get_family
 from edgekit.train.nanogpt import DatasetFiles, find_dataset
 
 
