@@ -42,10 +42,6 @@ def _torchscript(module, *, args, input_names, output_names, dynamic_axes) -> on
     return onnx.load_from_string(buf.getvalue())
 
 
-def _outputs(model: onnx.ModelProto, feeds: dict, threads: int = 1) -> list[np.ndarray]:
-    return common.session(model, threads=threads).run(None, feeds)
-
-
 def torch_outputs(module, feeds: dict) -> list[np.ndarray]:
     with torch.no_grad():
         out = module(*(torch.from_numpy(v) for v in feeds.values()))

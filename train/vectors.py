@@ -368,14 +368,6 @@ def concept_windows(source: str, *, ctx: int, cap: int | None, all_splits: bool 
                 np.stack(ys) if ys else np.zeros((0, DIM), np.float32)) for s, (xs, ys) in out.items()}
 
 
-def corpus_stats(source: str) -> dict:
-    """Sizes of a corpus, for logs and docs."""
-    docs = documents(source)
-    n = [len(d.sentences) for d in docs]
-    return {"source": source, "documents": len(docs), "sentences": int(sum(n)),
-            "documents_over_5_sentences": int(sum(k > 5 for k in n))}
-
-
 # ---------------------------------------------------------------- training, shared by seqae and amn
 
 
