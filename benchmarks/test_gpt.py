@@ -12,8 +12,8 @@ from checks import check_decode, check_same_tokens, check_schemes, check_top_k
 from edgekit.export.gpt import prepare_model
 from edgekit.models.gpt import generate_cached
 from edgekit.runtime import load
-from edgekit.runtime.bench import fp32_bytes, fresh_process, threads_ratio
-from edgekit.runtime.gpt import SamplingOptions
+from edgekit.runtime.bench import fp32_bytes, fresh_process
+from edgekit.runtime.gpt import SamplingOptions, threads_ratio
 from edgekit.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.gate
@@ -41,11 +41,11 @@ def decode_side_by_side(model, lm, ids, threads: int = 1, rounds: int = ROUNDS):
     against PyTorch on the same checkpoint before returning (tokens, agreement, ours tok/s, theirs tok/s)."""
     torch.set_num_threads(threads)
     opts = SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)
-    lm._run([ids], opts), generate_cached(model, ids, NEW_TOKENS)  # warm-up
+    lm.run([ids], opts), generate_cached(model, ids, NEW_TOKENS)  # warm-up
     ours, theirs = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        g = lm._run([ids], opts)[0]
+        g = lm.run([ids], opts)[0]
         ours.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         generate_cached(model, ids, NEW_TOKENS)
@@ -58,11 +58,11 @@ def first_token_side_by_side(model, lm, ids, rounds: int = ROUNDS * 3):
     """Time to first token, edgekit vs PyTorch eager prefill, alternated; the first token must be PyTorch's."""
     torch.set_num_threads(1)
     opts = SamplingOptions(max_new_tokens=1, heal=False)
-    lm._run([ids], opts), generate_cached(model, ids, 1)
+    lm.run([ids], opts), generate_cached(model, ids, 1)
     ours, theirs = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        g = lm._run([ids], opts)[0]
+        g = lm.run([ids], opts)[0]
         ours.append((time.perf_counter() - t0) * 1e3)
         t0 = time.perf_counter()
         generate_cached(model, ids, 1)
@@ -80,7 +80,7 @@ def _info(benchmark, lm, art, **extra):
 def test_gpt_decode_speedup_vs_pytorch_eager(benchmark, gate, pair):
     model, lm, ids, art = pair
     tokens, agree, ours, theirs = decode_side_by_side(model, lm, ids)
-    benchmark.pedantic(lambda: lm._run([ids], SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)),
+    benchmark.pedantic(lambda: lm.run([ids], SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)),
                        rounds=ROUNDS, iterations=1)
     _info(benchmark, lm, art, edgekit_tokens_per_s=ours, pytorch_eager_tokens_per_s=theirs,
           greedy_agreement_vs_torch=agree)
@@ -93,7 +93,7 @@ def test_gpt_two_threads_vs_one(benchmark, gate, pair):
     check_same_tokens(t1, t2)
     check_decode(model, ids, t2, expected=NEW_TOKENS, floor=agreement_floor(lm1))
     lm2 = load(art["onnx"], threads=2)
-    benchmark.pedantic(lambda: lm2._run([ids], SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)),
+    benchmark.pedantic(lambda: lm2.run([ids], SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)),
                        rounds=ROUNDS, iterations=1)
     _info(benchmark, lm1, art, threads=2)
     gate("gpt.threads2_vs_threads1", ratio)
@@ -102,7 +102,7 @@ def test_gpt_two_threads_vs_one(benchmark, gate, pair):
 def test_gpt_time_to_first_token_vs_pytorch(benchmark, gate, pair):
     model, lm, ids, art = pair
     ours, theirs = first_token_side_by_side(model, lm, ids)
-    benchmark.pedantic(lambda: lm._run([ids], SamplingOptions(max_new_tokens=1, heal=False)), rounds=ROUNDS,
+    benchmark.pedantic(lambda: lm.run([ids], SamplingOptions(max_new_tokens=1, heal=False)), rounds=ROUNDS,
                        iterations=1)
     _info(benchmark, lm, art, ttft_ms=ours, pytorch_ttft_ms=theirs)
     gate("gpt.ttft_speedup_vs_torch", theirs / ours)
@@ -146,17 +146,17 @@ def test_gpt_sampled_decode_as_fast_as_greedy(benchmark, gate, pair):
     model, lm, ids, art = pair
     greedy = SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False)
     sampled = SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False, temperature=0.8, top_k=40, seed=1)
-    first = lm._run([ids], sampled)[0].token_ids
-    lm._run([ids], greedy)
+    first = lm.run([ids], sampled)[0].token_ids
+    lm.run([ids], greedy)
     g, s = [], []
     for _ in range(2 * ROUNDS):  # alternating; the gate is the median of per-round ratios (cancels load drift)
-        g.append(lm._run([ids], greedy)[0].tokens_per_s)
-        out = lm._run([ids], sampled)[0]
+        g.append(lm.run([ids], greedy)[0].tokens_per_s)
+        out = lm.run([ids], sampled)[0]
         s.append(out.tokens_per_s)
     check_same_tokens(first, out.token_ids, what="the same seed")
     in_top_k = check_top_k(model, ids, out.token_ids, k=40, floor=agreement_floor(lm))
     assert lm._sampler_graph, "the export carries the in-graph sampler"
-    benchmark.pedantic(lambda: lm._run([ids], sampled), rounds=ROUNDS, iterations=1)
+    benchmark.pedantic(lambda: lm.run([ids], sampled), rounds=ROUNDS, iterations=1)
     _info(benchmark, lm, art, greedy_tokens_per_s=statistics.median(g), sampled_tokens_per_s=statistics.median(s),
           sampled_in_torch_top_k=in_top_k)
     gate("gpt.sampled_vs_greedy_decode", statistics.median(b / a for a, b in zip(g, s)))

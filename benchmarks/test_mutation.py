@@ -32,7 +32,7 @@ def test_decode_benchmark_passes_the_real_runtime_and_fails_a_shifted_one(pair, 
     model, lm, ids, _ = pair
     tokens, agree, _, _ = decode_side_by_side(model, lm, ids, rounds=1)  # the real answer passes
     assert len(tokens) == NEW_TOKENS and agree >= 0.95
-    monkeypatch.setattr(lm, "_run", _shifted(lm._run))
+    monkeypatch.setattr(lm, "run", _shifted(lm.run))
     with pytest.raises(AnswerError, match="greedy agreement with PyTorch"):
         decode_side_by_side(model, lm, ids, rounds=1)
     with pytest.raises(AnswerError, match="greedy agreement with PyTorch"):
@@ -41,8 +41,8 @@ def test_decode_benchmark_passes_the_real_runtime_and_fails_a_shifted_one(pair, 
 
 def test_decode_benchmark_fails_a_runtime_that_stops_early(pair, monkeypatch):
     model, lm, ids, _ = pair
-    run = lm._run
-    monkeypatch.setattr(lm, "_run", lambda p, o: [dataclasses.replace(g, token_ids=g.token_ids[:-1]) for g in run(p, o)])
+    run = lm.run
+    monkeypatch.setattr(lm, "run", lambda p, o: [dataclasses.replace(g, token_ids=g.token_ids[:-1]) for g in run(p, o)])
     with pytest.raises(AnswerError, match="returned 47 tokens"):
         decode_side_by_side(model, lm, ids, rounds=1)
 

@@ -236,9 +236,9 @@ def test_decode_vs_llamacpp_q8_0(benchmark, gate, peers):
 
     def one_round():
         seed = next(seeds)
-        g = lm._run([ids], greedy)[0]
+        g = lm.run([ids], greedy)[0]
         lg, lr, le = llm.generate(ids, NEW_TOKENS)
-        s = lm._run([ids], SamplingOptions(max_new_tokens=NEW_TOKENS, temperature=TEMPERATURE, top_k=TOP_K,
+        s = lm.run([ids], SamplingOptions(max_new_tokens=NEW_TOKENS, temperature=TEMPERATURE, top_k=TOP_K,
                                            seed=seed, heal=False))[0]
         ls, sr, se = llm.generate(ids, NEW_TOKENS, TEMPERATURE, TOP_K, seed)
         rates["ek_greedy"].append(g.tokens_per_s)

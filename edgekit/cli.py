@@ -219,15 +219,14 @@ def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, repeat
     """Run MODEL on INPUTS: a prompt (GPT), words (bytecnn) or a .npy/text (vector families); '-' reads stdin."""
     if threads is not None and threads < 1:
         raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
-    from edgekit.registry import FAMILIES
+    from edgekit.present import infer as run_inputs
     from edgekit.runtime import load
 
     lm = load(model, threads=threads)
-    module = __import__(FAMILIES[lm.family].runtime_module, fromlist=["infer_cli"])
     opts = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
             "seed": seed, "stop": list(stop), "json": as_json, "repeat_penalty": repeat_penalty,
             "repeat_last_n": repeat_last_n, "no_heal": no_heal or None, "window": window}
-    return module.infer_cli(lm, list(inputs), opts)
+    return run_inputs(lm, list(inputs), opts)
 
 
 @cli.command()
@@ -250,10 +249,11 @@ def bench(model, budget_file, threads, as_json):
     """Measure MODEL like the benchmark suite; exit 3 when a budget is broken."""
     if threads < 1:
         raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
-    from edgekit.runtime.bench import bench_model, render_table
+    from edgekit.present import bench_table
+    from edgekit.runtime.bench import bench_model
 
     result = bench_model(model, budget_file=budget_file, threads=threads)
-    click.echo(json.dumps(result, indent=2, default=str) if as_json else render_table(result))
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else bench_table(result))
     if any(not r["ok"] for r in result["rows"]):
         sys.exit(EXIT_BUDGET)
 

@@ -443,12 +443,12 @@ def check(engine: GPTModel, probe: Probe) -> dict:
     x = probe.windows[:, :-1].numpy()
     y = probe.windows[:, 1:].numpy()
     N, L = x.shape
-    past = engine._empty_past(N)
+    past = engine.empty_past(N)
     mask = np.zeros((N, 0), dtype=np.int64)
     max_diff, nll = 0.0, 0.0
     for t in range(L):
         mask = np.concatenate([mask, np.ones((N, 1), dtype=np.int64)], axis=1)
-        logits, past = engine._step(x[:, t:t + 1].copy(), mask, past)
+        logits, past = engine.step(x[:, t:t + 1].copy(), mask, past)
         ref = probe.torch_logits[:, t].numpy()
         max_diff = max(max_diff, float(np.abs(logits - ref).max()))
         z = logits.astype(np.float64)
@@ -459,12 +459,12 @@ def check(engine: GPTModel, probe: Probe) -> dict:
     seqs = probe.greedy.numpy()
     p = probe.prompts.shape[1]
     M = seqs.shape[0]
-    logits, past = engine._step(seqs[:, :p].copy(), np.ones((M, p), dtype=np.int64), engine._empty_past(M))
+    logits, past = engine.step(seqs[:, :p].copy(), np.ones((M, p), dtype=np.int64), engine.empty_past(M))
     agree = []
     for t in range(p, seqs.shape[1]):
         agree.append(logits.argmax(-1) == seqs[:, t])
         if t + 1 < seqs.shape[1]:
-            logits, past = engine._step(seqs[:, t:t + 1].copy(), np.ones((M, t + 1), dtype=np.int64), past)
+            logits, past = engine.step(seqs[:, t:t + 1].copy(), np.ones((M, t + 1), dtype=np.int64), past)
     return {"max_abs_diff": max_diff, "val_loss": loss,
             "val_loss_delta_pct": 100.0 * (loss - probe.torch_loss) / probe.torch_loss,
             "greedy_agreement": float(np.mean(agree))}
@@ -475,10 +475,10 @@ def decode_speed(engines: dict[str, GPTModel], prompt: list[int], *, rounds: int
     opts = SamplingOptions(max_new_tokens=new_tokens, heal=False)
     rates: dict[str, list[float]] = {k: [] for k in engines}
     for e in engines.values():  # warm-up
-        e._run([prompt], opts)
+        e.run([prompt], opts)
     for _ in range(rounds):
         for k, e in engines.items():
-            g = e._run([prompt], opts)[0]
+            g = e.run([prompt], opts)[0]
             rates[k].append(g.tokens_per_s)
     return {k: statistics.median(v) for k, v in rates.items()}
 
@@ -776,8 +776,8 @@ def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta:
     looped = wrap_loop(step, eot=eot)
     engine = _engine(looped, meta, threads)
     x = probe.windows[:4, :-1].numpy()
-    a = step_engine._step(x, np.ones_like(x), step_engine._empty_past(len(x)))[0]
-    b = engine._step(x, np.ones_like(x), engine._empty_past(len(x)))[0]
+    a = step_engine.step(x, np.ones_like(x), step_engine.empty_past(len(x)))[0]
+    b = engine.step(x, np.ones_like(x), engine.empty_past(len(x)))[0]
     diff = common.max_abs_diff(a, b)
     n = probe.greedy.shape[1] - probe.prompts.shape[1]
     prompts = probe.prompts.tolist()
@@ -791,11 +791,11 @@ def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta:
                                                     top_k=min(40, stepped.vocab_size), top_p=0.95, seed=1), stepped),
               "identical_penalized": (SamplingOptions(max_new_tokens=n, heal=False, repeat_penalty=1.3,
                                                       repeat_last_n=16), stepped)}
-    greedy = [g.token_ids for g in step_engine._run(prompts, checks["identical_greedy"][0])]
+    greedy = [g.token_ids for g in step_engine.run(prompts, checks["identical_greedy"][0])]
     ok = diff == 0.0
     for name, (opts, reference) in checks.items():
-        ref = greedy if reference is None else [g.token_ids for g in reference._run(prompts, opts)]
-        same = [g.token_ids == r for g, r in zip(engine._run(prompts, opts), ref)]
+        ref = greedy if reference is None else [g.token_ids for g in reference.run(prompts, opts)]
+        same = [g.token_ids == r for g, r in zip(engine.run(prompts, opts), ref)]
         figures[name] = f"{sum(same)}/{len(same)}"
         ok = ok and all(same)
     record("loop", looped, t0, figures, ok, "" if ok else "the generation Loop changed the model's outputs")
@@ -815,7 +815,7 @@ class _Lenient:
         self.eot_id, self.n_vocab = tok.eot_id, tok.n_vocab
 
     def encode(self, text: str) -> list[int]:
-        stoi = self.tok._stoi
+        stoi = self.tok.stoi
         ids = [stoi[c] for c in text if c in stoi]
         self.skipped += len(text) - len(ids)
         return ids
@@ -853,7 +853,7 @@ def verification_data(ckpt: Checkpoint, opts: ExportOptions, tok, block: int):
     else:
         data = own if own is not None and os.path.exists(own) else None
         kind = "checkpoint's training data" if data is not None else "Python standard library"
-        lenient = _Lenient(tok) if tok.eot_id is None and hasattr(tok, "_stoi") else tok
+        lenient = _Lenient(tok) if tok.eot_id is None and hasattr(tok, "stoi") else tok
         corpus = build_corpus(lenient, data=data, tokens=200_000, min_tokens=block + 2)
         val, train, name = corpus.val, corpus.train, corpus.source
         skipped = getattr(lenient, "skipped", 0)

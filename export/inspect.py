@@ -10,6 +10,8 @@ import os
 import onnx
 
 from edgekit.errors import ModelFileError
+from edgekit.registry import FAMILIES
+from edgekit.runtime import family_runtime
 from edgekit.runtime.modelfile import META_KEY, parse_metadata
 
 
@@ -19,13 +21,8 @@ def _tensor_bytes(t: onnx.TensorProto) -> int:
     return int(onnx.numpy_helper.to_array(t).nbytes)
 
 
-def _part(name: str) -> str:
-    """Which part of a GPT a weight belongs to (other families: everything is 'weights')."""
-    if "wte" in name or "lm_head" in name:
-        return "token_embedding"
-    if "wpe" in name:
-        return "position_embedding"
-    return "transformer"
+def _one_group(name: str) -> str:
+    return "weights"
 
 
 def _op_types(graph):
@@ -50,9 +47,11 @@ def inspect_model(path: str | os.PathLike) -> dict:
         raise ModelFileError(f"{path} is not an ONNX model ({type(e).__name__})") from None
     meta = parse_metadata({p.key: p.value for p in m.metadata_props}.get(META_KEY), path=path)
     ops = collections.Counter(_op_types(m.graph))
+    # the family's hook names the parts; a family this edgekit does not know is still shown, as one group
+    group = family_runtime(meta["family"], path=path).weight_group if meta["family"] in FAMILIES else _one_group
     sizes: dict[str, int] = collections.Counter()
     for init in m.graph.initializer:
-        sizes[_part(init.name) if meta["family"] == "gpt" else "weights"] += _tensor_bytes(init)
+        sizes[group(init.name)] += _tensor_bytes(init)
     shown = {k: v for k, v in meta.items() if k != "tokenizer"}
     tok = meta.get("tokenizer") or {}
     shown["tokenizer"] = {k: (f"<{len(v.split())} ranks inline>" if k == "ranks" else

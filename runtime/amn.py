@@ -10,17 +10,11 @@ vectors: ``python -m edgekit.train.vectors sentences "TEXT" -o ctx.npy`` makes t
 """
 from __future__ import annotations
 
-import json
-import sys
-
 import numpy as np
 import onnxruntime as ort
 
 from edgekit.errors import UsageError
-from edgekit.runtime.vectors import check_vectors, load_npy, reject_generation_options
-
-TEXT_HINT = ("amn models take sentence vectors, and the MiniLM encoder (90 MB) is not in the model file; make a "
-             '.npy with `python -m edgekit.train.vectors sentences "TEXT" -o ctx.npy` (needs edgekit[all])')
+from edgekit.runtime.vectors import check_vectors
 
 
 class AMNModel:
@@ -53,35 +47,19 @@ def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int
     return AMNModel(sess, meta, path=path, threads=threads)
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity over the last axis."""
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-8)
 
 
-def infer_cli(model: AMNModel, inputs: list[str], opts: dict) -> int:
-    """`edgekit infer MODEL ctx.npy [...]`: the predicted next vector of each document."""
-    reject_generation_options(opts, family="amn")
-    if not inputs:
-        raise UsageError(f"give one or more .npy files of (T, {model.dim}) or (B, T, {model.dim}) sentence vectors")
-    results = []
-    for item in inputs:
-        if not item.endswith(".npy"):
-            raise UsageError(f"{item!r} is not a .npy file; {TEXT_HINT}")
-        x = load_npy(item, dim=model.dim)
-        pred = np.atleast_2d(model.predict_next(x))
-        ctx = np.atleast_3d(x) if x.ndim == 3 else x[None]
-        results.append({"input": item, "shape": list(x.shape), "next": pred.round(6).tolist(),
-                        "cosine_to_last": _cos(pred, ctx[:, -1]).round(6).tolist(),
-                        "cosine_to_context_mean": _cos(pred, ctx[:, -model.ctx:].mean(1)).round(6).tolist()})
-    if opts.get("json"):
-        sys.stdout.write(json.dumps(results if len(results) > 1 else results[0]) + "\n")
-        return 0
-    for r in results:
-        for i, v in enumerate(r["next"]):
-            head = " ".join(f"{t:+.3f}" for t in v[:6])
-            sys.stdout.write(f"{r['input']}[{i}]: next vector ({len(v)}-d, norm {np.linalg.norm(v):.3f}) {head} ...; "
-                             f"cosine to last {r['cosine_to_last'][i]:.3f}, "
-                             f"to context mean {r['cosine_to_context_mean'][i]:.3f}\n")
-    return 0
+def summarize(model: AMNModel, x: np.ndarray) -> dict:
+    """The predicted next vector of each document in a (T, D) or (B, T, D) context, as lists (what
+    `edgekit infer` shows): shape, next (B, D), cosine_to_last (B,), cosine_to_context_mean (B,)."""
+    pred = np.atleast_2d(model.predict_next(x))
+    ctx = np.atleast_3d(x) if x.ndim == 3 else x[None]
+    return {"shape": list(x.shape), "next": pred.round(6).tolist(),
+            "cosine_to_last": cosine(pred, ctx[:, -1]).round(6).tolist(),
+            "cosine_to_context_mean": cosine(pred, ctx[:, -model.ctx:].mean(1)).round(6).tolist()}
 
 
 def bench_metrics(model: AMNModel, path: str) -> dict:
@@ -91,3 +69,14 @@ def bench_metrics(model: AMNModel, path: str) -> dict:
 
     ctx = np.random.default_rng(0).standard_normal((model.ctx, 384)).astype(np.float32)
     return {"predict_next_p50_us": p50_us(lambda: model.predict_next(ctx))}
+
+
+def bench_workload(model: AMNModel) -> int:
+    """What a fresh process runs before `edgekit bench` reads its peak memory: one next-vector prediction."""
+    model.predict_next(np.zeros((model.ctx, model.dim), dtype=np.float32))
+    return 1
+
+
+def weight_group(name: str) -> str:
+    """`edgekit inspect` hook: the size breakdown has one group."""
+    return "weights"

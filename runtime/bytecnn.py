@@ -10,10 +10,8 @@ UTF-8 bytes, cut or zero-padded to the model's ``max_len``. ``score`` runs in ch
 """
 from __future__ import annotations
 
-import json
-import sys
 import unicodedata
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import onnxruntime as ort
@@ -21,8 +19,6 @@ import onnxruntime as ort
 from edgekit.errors import UsageError
 
 BATCH = 4096  # words per onnxruntime call in score(); larger batches gain nothing on CPU
-STDIN_CHUNK = 8192  # words read from stdin before each scoring call
-GPT_ONLY = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "no_heal", "window", "repeat_penalty", "repeat_last_n")
 
 
 def normalize(word: str) -> str:
@@ -30,7 +26,8 @@ def normalize(word: str) -> str:
     return unicodedata.normalize("NFC", word.strip()).casefold().replace("\u2019", "'")
 
 
-def _check_word(word, where: str) -> str:
+def check_word(word, where: str) -> str:
+    """The normalized word, or a UsageError naming ``where`` for non-text, empty or multi-word input."""
     if not isinstance(word, str):
         raise UsageError(f"{where}: words must be strings; got {type(word).__name__}")
     w = normalize(word)
@@ -70,7 +67,7 @@ class WordScorer:
 
     def score(self, words: Iterable[str]) -> np.ndarray:
         """Rarity scores (float32, 0 = very common, 1 = very rare) for a list of words, batched."""
-        words = [_check_word(w, f"word {i}") for i, w in enumerate(words)]
+        words = [check_word(w, f"word {i}") for i, w in enumerate(words)]
         out = np.empty(len(words), dtype=np.float32)
         for i in range(0, len(words), BATCH):
             x = self.encode(words[i:i + BATCH], normalized=True)
@@ -82,7 +79,7 @@ class WordScorer:
 
         Not thread-safe (one buffer per scorer): threads share ``score``, or each loads its own scorer.
         """
-        b = _check_word(word, "word").encode("utf-8")[: self.max_len]
+        b = check_word(word, "word").encode("utf-8")[: self.max_len]
         one = self._one
         one.fill(0)
         one[0, : len(b)] = np.frombuffer(b, dtype=np.uint8)
@@ -98,54 +95,6 @@ def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int
     return WordScorer(sess, meta, path=path, threads=threads)
 
 
-def _stdin_words() -> Iterator[str]:
-    for n, line in enumerate(sys.stdin, 1):
-        if line.strip():  # blank lines in word lists are skipped
-            yield _check_word(line.rstrip("\r\n"), f"stdin line {n}")
-
-
-def _chunks(words: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for w in words:
-        chunk.append(w)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def infer_cli(model: WordScorer, inputs: list[str], opts: dict) -> int:
-    """`edgekit infer MODEL WORD...`: ``word<TAB>score`` lines, or a JSON list with --json; '-' reads stdin."""
-    given = [k for k in GPT_ONLY if opts.get(k) not in (None, [], (), "")]
-    if given:
-        raise UsageError(f"--{given[0].replace('_', '-')} does not apply to word scorers (bytecnn); "
-                         "give words and optionally --json or --threads")
-    if not inputs or inputs == ["-"]:
-        source: Iterable[str] = _stdin_words()
-    elif "-" in inputs:
-        raise UsageError("'-' (read stdin) must be the only input; give words or '-'")
-    else:
-        source = [_check_word(w, f"argument {i + 1}") for i, w in enumerate(inputs)]
-    as_json, n = bool(opts.get("json")), 0
-    out = sys.stdout
-    for chunk in _chunks(source, STDIN_CHUNK):
-        scores = model.score(chunk)
-        if as_json:
-            out.write("".join(("[" if n == 0 and i == 0 else ",\n")
-                              + json.dumps({"word": w, "score": round(float(s), 6)}, ensure_ascii=False)
-                              for i, (w, s) in enumerate(zip(chunk, scores))))
-        else:
-            out.write("".join(f"{w}\t{s:.4f}\n" for w, s in zip(chunk, scores)))
-        n += len(chunk)
-    if n == 0:
-        raise UsageError("no words to score; give words as arguments or one per line on stdin")
-    if as_json:
-        out.write("]\n")
-    out.flush()
-    return 0
-
-
 def bench_metrics(model: WordScorer, path: str) -> dict:
     """`edgekit bench` hook: single_word_p50_us (the notes' < 0.1 ms a word; a budget key) and the
     unbudgeted batch throughput over 5,000 generated words."""
@@ -159,3 +108,14 @@ def bench_metrics(model: WordScorer, path: str) -> dict:
     model.score(words)
     return {"single_word_p50_us": p50_us(lambda: model.score_one("bandersnatch"), calls=2000),
             "batch_words_per_s": len(words) / (time.perf_counter() - t)}
+
+
+def bench_workload(model: WordScorer) -> int:
+    """What a fresh process runs before `edgekit bench` reads its peak memory: one word scored."""
+    model.score_one("bandersnatch")
+    return 1
+
+
+def weight_group(name: str) -> str:
+    """`edgekit inspect` hook: the size breakdown has one group (a small CNN)."""
+    return "weights"

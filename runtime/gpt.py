@@ -21,15 +21,15 @@ windows), so the window slides by a quarter block at a time and costs one prefil
 """
 from __future__ import annotations
 
-import json
-import sys
+import os
+import statistics
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from edgekit.errors import UsageError
+from edgekit.errors import EdgekitError, UsageError
 from edgekit.runtime.tokenizer import Tokenizer, from_spec
 
 MAX_NEW_TOKENS_LIMIT = 100_000
@@ -172,8 +172,9 @@ class GPTModel:
         self._sampler_graph = self._looped_graph and "uniforms" in inputs
         self._one = np.array(1, dtype=np.int64)
 
-    # ----- the decode engine -------------------------------------------------------------------
-    def _empty_past(self, batch: int) -> list[ort.OrtValue]:
+    # ----- the decode engine (public: export's verification and the benchmarks drive it) ----------
+    def empty_past(self, batch: int) -> list[ort.OrtValue]:
+        """An empty KV cache for ``batch`` rows: one (batch, heads, 0, head_size) OrtValue per past input."""
         z = np.zeros((batch, self.n_head, 0, self.head_size), dtype=np.float32)
         return [ort.OrtValue.ortvalue_from_numpy(z) for _ in self._past_names]
 
@@ -227,8 +228,10 @@ class GPTModel:
         self.session.run_with_iobinding(io)
         return io.get_outputs()
 
-    def _step(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue], io: ort.IOBinding | None = None):
-        """One forward pass: (B, T) ids -> logits (B, V) numpy and presents as OrtValues."""
+    def step(self, ids: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue], io: ort.IOBinding | None = None):
+        """One forward pass: (B, T) int64 ids, (B, P+T) int64 mask (0 = left padding), ``past`` from
+        ``empty_past`` or the previous step -> logits (B, V) numpy for the last position and the presents
+        (OrtValues, the next step's past)."""
         outs = self._call(ids, mask, past, io, 1)
         logits = outs[0].numpy()
         return (logits[-1] if self._looped_graph else logits), outs[1:1 + len(self._present_names)]
@@ -265,11 +268,12 @@ class GPTModel:
         for b, r in enumerate(rows):
             ids[b, width - len(r):] = r
             mask[b, width - len(r):] = 1
-        logits, past = self._step(ids, mask, self._empty_past(len(rows)))
+        logits, past = self.step(ids, mask, self.empty_past(len(rows)))
         return logits, past, mask
 
-    def _run(self, prompts_ids: list[list[int]], opts: SamplingOptions, on_token=None):
-        """Generate for a batch; on_token(b, id) is called as ids are produced. Returns per-row results."""
+    def run(self, prompts_ids: list[list[int]], opts: SamplingOptions, on_token=None) -> list[Generation]:
+        """Generate for a batch of token-id prompts with explicit ``SamplingOptions`` (no file defaults);
+        on_token(b, piece) is called as text is produced. Returns one Generation per row."""
         opts.validate(self.vocab_size)
         B = len(prompts_ids)
         rng = np.random.default_rng(opts.seed)  # one uniform per row and token, drawn in order
@@ -353,7 +357,7 @@ class GPTModel:
                 # the tokens are popped above (one column each), exactly as if they had been stepped
                 pending = list(toks)
             else:
-                logits, past = self._step(nxt.astype(np.int64).reshape(B, 1), mask, past, io)
+                logits, past = self.step(nxt.astype(np.int64).reshape(B, 1), mask, past, io)
         total = time.perf_counter() - t0
         for b in range(B):
             tail = decoders[b].flush()
@@ -398,7 +402,7 @@ class GPTModel:
         ``window="exact"`` reproduces nanoGPT's generate past the block."""
         opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, repeat_penalty, repeat_last_n,
                           window)
-        return self._run([self.encode(prompt)], opts)[0]
+        return self.run([self.encode(prompt)], opts)[0]
 
     def stream(self, prompt: str, *, max_new_tokens: int | None = None, temperature: float | None = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
@@ -415,7 +419,7 @@ class GPTModel:
 
         def work():
             try:
-                result.append(self._run([ids], opts, on_token=lambda b, piece: q.put(piece))[0])
+                result.append(self.run([ids], opts, on_token=lambda b, piece: q.put(piece))[0])
             except BaseException as e:  # re-raised in the consumer's thread
                 result.append(e)
             q.put(None)
@@ -436,39 +440,82 @@ class GPTModel:
             raise UsageError("generate_batch needs a non-empty list of prompts")
         opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, repeat_penalty, repeat_last_n,
                           window)
-        return self._run([self.encode(p) for p in prompts], opts)
+        return self.run([self.encode(p) for p in prompts], opts)
 
 
 def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None) -> GPTModel:
     return GPTModel(sess, meta, path=path, threads=threads)
 
 
-def infer_cli(model: GPTModel, inputs: list[str], opts: dict) -> int:
-    """`edgekit infer MODEL PROMPT`: stream to stdout, or one JSON object with --json."""
-    if len(inputs) != 1:
-        raise UsageError(f"give exactly one prompt (quote it, or '-' to read stdin); got {len(inputs)} arguments")
-    prompt = inputs[0]
-    if prompt == "-":
-        data = sys.stdin.buffer.read()
-        try:
-            prompt = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UsageError(f"stdin is not valid UTF-8 (byte {e.start}); give UTF-8 text") from None
-    kwargs = dict(max_new_tokens=opts.get("max_new_tokens"), temperature=opts.get("temperature"),
-                  top_k=opts.get("top_k"), top_p=opts.get("top_p"), seed=opts.get("seed"), stop=opts.get("stop"),
-                  heal=not opts.get("no_heal"), window=opts.get("window") or "slide")
-    for key in ("repeat_penalty", "repeat_last_n"):
-        if opts.get(key) is not None:
-            kwargs[key] = opts[key]
-    if opts.get("json"):
-        g = model.generate(prompt, **kwargs)
-        sys.stdout.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")
-        return 0
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
-    gen = model.stream(prompt, **kwargs)
-    for piece in gen:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    return 0
+# ----- family hooks (edgekit bench, edgekit inspect) -------------------------------------------------
+def threads_ratio(path: str, *, prompt_ids: list[int], new_tokens: int = 48, rounds: int = 7) -> tuple[float, list]:
+    """Greedy decode tokens/s at 2 threads over 1 thread, rounds interleaved (one run), and the outputs.
+
+    Returns (ratio of medians, [tokens at 1 thread, tokens at 2 threads]) so callers can check the
+    answers are the same."""
+    from edgekit.runtime import load
+
+    lm1, lm2 = load(path, threads=1), load(path, threads=2)
+    opts = SamplingOptions(max_new_tokens=new_tokens, heal=False)
+    lm1.run([prompt_ids], opts), lm2.run([prompt_ids], opts)  # warm-up
+    one, two = [], []
+    for _ in range(rounds):
+        g1 = lm1.run([prompt_ids], opts)[0]
+        g2 = lm2.run([prompt_ids], opts)[0]
+        one.append(g1.tokens_per_s)
+        two.append(g2.tokens_per_s)
+    return statistics.median(two) / statistics.median(one), [g1.token_ids, g2.token_ids]
+
+
+def quality_from_file(meta: dict) -> dict:
+    """The export's own figures, stored in the file: worst held-out loss delta and greedy agreement over
+    the schemes it accepted (measured on the report half of its held-out tokens, not the half it chose on)."""
+    steps = [s for s in meta.get("verification", {}).get("steps", []) if s["step"].startswith("quantize:")]
+    accepted = [s["parity"] for s in steps if s["ok"]]
+    if not accepted:
+        return {}
+    return {"worst_scheme_val_loss_delta_pct": max(p["val_loss_delta_pct"] for p in accepted),
+            "worst_scheme_greedy_agreement": min(p["greedy_agreement"] for p in accepted)}
+
+
+def bench_metrics(lm: GPTModel, path: str, *, prompt: str = "def get_value(self, key):\n", new_tokens: int = 48,
+                  rounds: int = 7) -> dict:
+    """`edgekit bench` hook: metrics named as their budget keys (file_bytes_over_fp32, the export's worst-scheme
+    quality, threads2_vs_threads1; peak_rss_mb and import_runtime_s come from bench_model), plus the
+    unbudgeted absolute decode tokens/s and time to first token (medians over ``rounds``)."""
+    from edgekit.runtime.bench import fp32_bytes
+
+    ids = lm.tokenizer.encode(prompt)[:8]
+    opts = SamplingOptions(max_new_tokens=new_tokens, heal=False)
+    lm.run([ids], opts)  # warm-up
+    rates, ttfts = [], []
+    for _ in range(rounds):
+        g = lm.run([ids], opts)[0]
+        rates.append(g.tokens_per_s)
+        ttfts.append(g.ttft_ms)
+    out = {}
+    fp32 = fp32_bytes(lm.meta)
+    if fp32:
+        out["file_bytes_over_fp32"] = os.path.getsize(path) / fp32
+    out.update(quality_from_file(lm.meta))
+    ratio, (t1, t2) = threads_ratio(path, prompt_ids=ids, new_tokens=new_tokens, rounds=rounds)
+    if t1 != t2:
+        raise EdgekitError(f"{path}: 2 threads decode different tokens than 1 thread ({t1[:8]} vs {t2[:8]})")
+    out["threads2_vs_threads1"] = ratio
+    out["decode_tokens_per_s"] = statistics.median(rates)
+    out["ttft_ms"] = statistics.median(ttfts)
+    return out
+
+
+def bench_workload(lm: GPTModel) -> int:
+    """What a fresh process runs before `edgekit bench` reads its peak memory: 48 greedy tokens."""
+    return len(lm.generate("def get_", max_new_tokens=48).token_ids)
+
+
+def weight_group(name: str) -> str:
+    """`edgekit inspect` hook: which part of the model an initializer belongs to, for the size breakdown."""
+    if "wte" in name or "lm_head" in name:
+        return "token_embedding"
+    if "wpe" in name:
+        return "position_embedding"
+    return "transformer"

@@ -13,17 +13,11 @@ vectors outside the runtime (``python -m edgekit.train.vectors tokens "TEXT" -o 
 """
 from __future__ import annotations
 
-import json
-import sys
-
 import numpy as np
 import onnxruntime as ort
 
 from edgekit.errors import UsageError
-from edgekit.runtime.vectors import check_vectors, load_npy, reject_generation_options
-
-TEXT_HINT = ('this model file carries no vocabulary; make a .npy of MiniLM token vectors with '
-             '`python -m edgekit.train.vectors tokens "TEXT" -o x.npy` (needs edgekit[all]) and pass that')
+from edgekit.runtime.vectors import check_vectors
 
 
 class SeqAEModel:
@@ -101,7 +95,7 @@ def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int
     return SeqAEModel(sess, meta, path=path, threads=threads)
 
 
-def _lengths_from_padding(x: np.ndarray) -> np.ndarray | None:
+def lengths_from_padding(x: np.ndarray) -> np.ndarray | None:
     """A (B, T, D) .npy marks padding with all-zero vectors at the end of each row."""
     if x.ndim != 3:
         return None
@@ -112,33 +106,15 @@ def _lengths_from_padding(x: np.ndarray) -> np.ndarray | None:
     return lengths.astype(np.int64)
 
 
-def infer_cli(model: SeqAEModel, inputs: list[str], opts: dict) -> int:
-    """`edgekit infer MODEL x.npy [...]`: codes and reconstruction quality per sequence."""
-    reject_generation_options(opts, family="seqae")
-    if not inputs:
-        raise UsageError(f"give one or more .npy files of (T, {model.dim}) or (B, T, {model.dim}) token vectors")
-    results = []
-    for item in inputs:
-        if not item.endswith(".npy"):
-            raise UsageError(f"{item!r} is not a .npy file; {TEXT_HINT}")
-        x = load_npy(item, dim=model.dim)
-        lengths = _lengths_from_padding(x)
-        codes = model.encode(x, lengths)
-        sim = model.similarity(x, lengths)
-        results.append({"input": item, "shape": list(x.shape), "code": np.atleast_2d(codes).round(6).tolist(),
-                        "token_cosine": sim["token_cosine"].round(6).tolist(),
-                        "sequence_cosine": sim["sequence_cosine"].round(6).tolist()})
-    if opts.get("json"):
-        sys.stdout.write(json.dumps(results if len(results) > 1 else results[0]) + "\n")
-        return 0
-    for r in results:
-        n = len(r["code"])
-        sys.stdout.write(f"{r['input']}: {n} sequence{'s' * (n != 1)} {tuple(r['shape'])}\n")
-        for i, code in enumerate(r["code"]):
-            sys.stdout.write(f"  [{i}] code {' '.join(f'{v:+.3f}' for v in code)}\n"
-                             f"      reconstruction: token cosine {r['token_cosine'][i]:.3f}, "
-                             f"sequence cosine {r['sequence_cosine'][i]:.3f}\n")
-    return 0
+def summarize(model: SeqAEModel, x: np.ndarray) -> dict:
+    """Codes and reconstruction quality of a (T, D) sequence or a zero-padded (B, T, D) batch, as lists
+    (what `edgekit infer` shows): shape, code (B, 16), token_cosine (B,), sequence_cosine (B,)."""
+    lengths = lengths_from_padding(x)
+    codes = model.encode(x, lengths)
+    sim = model.similarity(x, lengths)
+    return {"shape": list(x.shape), "code": np.atleast_2d(codes).round(6).tolist(),
+            "token_cosine": sim["token_cosine"].round(6).tolist(),
+            "sequence_cosine": sim["sequence_cosine"].round(6).tolist()}
 
 
 def bench_metrics(model: SeqAEModel, path: str) -> dict:
@@ -154,3 +130,14 @@ def bench_metrics(model: SeqAEModel, path: str) -> dict:
     if preset.startswith("ae-"):
         out[f"{preset[3:]}_file_bytes"] = os.path.getsize(path)
     return out
+
+
+def bench_workload(model: SeqAEModel) -> int:
+    """What a fresh process runs before `edgekit bench` reads its peak memory: one 17-vector sequence."""
+    model.reconstruct(np.zeros((17, model.dim), dtype=np.float32))
+    return 1
+
+
+def weight_group(name: str) -> str:
+    """`edgekit inspect` hook: the size breakdown has one group."""
+    return "weights"

@@ -38,6 +38,11 @@ class Tokenizer:
         return self._enc.n_vocab if self._enc is not None else len(self._itos)
 
     @property
+    def stoi(self) -> dict[str, int]:
+        """Character -> id of a character-level vocabulary (empty for BPE)."""
+        return self._stoi
+
+    @property
     def eot_id(self) -> int | None:
         """End-of-text id, or None for vocabularies without one (character-level)."""
         if self._enc is not None and ENDOFTEXT in self._enc.special_tokens_set:

@@ -1,7 +1,6 @@
 """Input handling shared by the vector families' runtimes (seqae, amn): numpy only.
 
     arr = load_npy("x.npy", dim=384)                       # float32, finite, last axis 384
-    reject_generation_options(opts, family="seqae")        # --max-new-tokens & co. do not apply
 """
 from __future__ import annotations
 
@@ -10,16 +9,6 @@ import os
 import numpy as np
 
 from edgekit.errors import UsageError
-
-GENERATION_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "no_heal", "window", "repeat_penalty", "repeat_last_n")
-
-
-def reject_generation_options(opts: dict, *, family: str) -> None:
-    """GPT's generation options mean nothing for vector models: say so instead of ignoring them."""
-    given = [f"--{k.replace('_', '-')}" for k in GENERATION_OPTIONS if opts.get(k) not in (None, [], (), "")]
-    if given:
-        raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to GPT models only; "
-                         f"{family} models take vectors (.npy)")
 
 
 def check_vectors(arr, *, dim: int, name: str = "vectors") -> np.ndarray:

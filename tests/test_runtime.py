@@ -161,8 +161,8 @@ def test_loop_graph_gives_the_tokens_of_python_driven_steps(tiny_soma, n):
     stepped.loop = False  # the same file driven one pass per call, as files without the Loop are
     opts = SamplingOptions(max_new_tokens=n, heal=False)
     prompts = [looped.encode("def get_"), looped.encode("import os\nclass A:\n    x = ")]
-    a, b = looped._run(prompts, opts), stepped._run(prompts, opts)
-    streamed = looped._run(prompts[:1], opts, on_token=lambda row, piece: None)
+    a, b = looped.run(prompts, opts), stepped.run(prompts, opts)
+    streamed = looped.run(prompts[:1], opts, on_token=lambda row, piece: None)
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert streamed[0].token_ids == b[0].token_ids
     assert [g.window_slides for g in a] == [g.window_slides for g in b]
@@ -246,9 +246,9 @@ def test_loop_sampling_is_repeatable_and_matches_python_driven_sampling(tiny_som
                  SamplingOptions(max_new_tokens=40, temperature=1.2, top_k=20, top_p=0.9, seed=5),
                  SamplingOptions(max_new_tokens=40, repeat_penalty=1.3, repeat_last_n=8, heal=False),
                  SamplingOptions(max_new_tokens=40, temperature=0.9, top_k=40, repeat_penalty=1.2, seed=7)]:
-        a, b = looped._run(prompts, opts), stepped._run(prompts, opts)
+        a, b = looped.run(prompts, opts), stepped.run(prompts, opts)
         assert [g.token_ids for g in a] == [g.token_ids for g in b]
-        assert [g.token_ids for g in looped._run(prompts, opts)] == [g.token_ids for g in a]
+        assert [g.token_ids for g in looped.run(prompts, opts)] == [g.token_ids for g in a]
     g = looped.generate("class ", max_new_tokens=30, temperature=0.8, top_k=40, seed=9)
     assert "".join(looped.stream("class ", max_new_tokens=30, temperature=0.8, top_k=40, seed=9)) == g.text
     other = looped.generate("class ", max_new_tokens=30, temperature=0.8, top_k=40, seed=10)
