@@ -56,6 +56,7 @@ class TrainDefaults:
     huber_delta: float = 0.1  # Huber loss transition point (ICF units)
     stratify: float = 0.5  # band-balancing exponent: 0 = natural Zipfian mix, 1 = every ICF band equal
     augment: float = 0.0  # share of training words given one character edit (label kept)
+    nonwords: float = 0.0  # share of each batch that is pronounceable non-words with target 1.0 (the rarest)
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,55 @@ def test_jabberwocky_scoring_logic(tmp_path):
     assert not res["passed"] and res["words_passed"] == 0 and not res["mean_ok"]
 
 
+# --- non-words and rank reports -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wordfreq_top():
+    data = wd.load_words(limit=20_000)
+    return data, wd.split_indices(data)
+
+
+def test_nonwords_are_absent_from_the_whole_list_and_deterministic(wordfreq_top):
+    data, split = wordfreq_top
+    made = wd.nonwords(data, split, 3000, seed=3)
+    assert len(made) == len(set(made)) == 3000 and made == wd.nonwords(data, split, 3000, seed=3)
+    assert made != wd.nonwords(data, split, 3000, seed=4)
+    listed = wd.listed_words(data)  # every wordfreq entry, not only the 20k kept words
+    assert len(listed) > 300_000 and not [w for w in made if w in listed]
+    assert not [w for w in made if wd.is_protocol_word(w) or not wd.is_latin_word(w) or len(w) < 3]
+    assert not set(made) & set(wd.PROTOCOL_WORDS)
+
+
+def test_ngram_nonwords_come_from_the_training_split_only(wordfreq_top):
+    """Every 4-gram of an n-gram non-word (with start and end marks) occurs in a training word."""
+    data, split = wordfreq_top
+    made = wd.nonwords(data, split, 2000, seed=5, edit_share=0.0)
+
+    def grams(words):
+        out = set()
+        for w in words:
+            b = b"\0\0\0" + w.encode() + b"\0"
+            out.update(b[i:i + 4] for i in range(len(b) - 3))
+        return out
+
+    train_grams = grams(data.words[i] for i in split.train)
+    held_out_only = grams(data.words[i] for i in np.r_[split.val, split.test]) - train_grams
+    assert held_out_only and grams(made) <= train_grams  # held-out words have 4-grams training lacks
+
+
+def test_rank_report_three_ways():
+    data = wd.load_words()
+    split = wd.split_indices(data)
+    strat = wd.stratified_sample(data, split)
+    assert np.array_equal(strat, wd.stratified_sample(data, split)) and set(strat) <= set(split.test)
+    assert np.bincount(wd.zipf_bands(data, strat)).tolist() == [150, 150, 150, 125] and strat.max() < 100_000
+    truth = dict(zip(data.words, data.icf))
+    r = wd.rank_report(lambda ws: np.array([truth[w] for w in ws]), data, split)
+    assert r["all"] == r["stratified"] == r["top50k"] == pytest.approx(1.0)
+    assert r["all_words"] == len(split.test) and r["stratified_words"] == [150, 150, 150, 125]
+    length = wd.rank_report(lambda ws: np.array([len(w) for w in ws], float), data, split)
+    assert length["all"] < 0.1 < length["stratified"]  # word length says little about the tail, more across bands
+
+
 # --- training -------------------------------------------------------------------------------------
 def test_tiny_training_writes_checkpoint_log_and_curves(tiny_nano):
     s = tiny_nano["summary"]

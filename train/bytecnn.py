@@ -6,9 +6,12 @@
 
 The notes' recipe: Huber loss on the score plus a pairwise (RankNet) loss on the logits, batches
 drawn across ICF bands (``stratify``) because the word list is Zipfian, optional character-level
-augmentation, early stopping on val Spearman. ``max_iters`` counts optimizer steps; ``tokens`` caps
-the number of words (the most frequent N). ``--set KEY=VALUE`` overrides any ``TrainDefaults`` field
-(rank_weight, huber_delta, stratify, augment, weight_decay) and ``threads`` (torch intra-op threads).
+augmentation, early stopping on val Spearman. Beside real words, a share of each batch (``nonwords``)
+is pronounceable non-words made from the training split (``wordfreq_data.nonwords``) with target 1.0:
+a string absent from the list has frequency zero, the rarest there is. ``max_iters`` counts optimizer
+steps; ``tokens`` caps the number of words (the most frequent N). ``--set KEY=VALUE`` overrides any
+``TrainDefaults`` field (rank_weight, huber_delta, stratify, augment, nonwords, weight_decay) and
+``threads`` (torch intra-op threads).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from edgekit.train.common import EarlyStopper, History, log, plot_curves, progre
 
 WARMUP_STEPS = 100
 EVAL_BATCH = 8192
+NONWORD_POOL = 100_000  # non-words generated once per run (fewer when the training split is smaller)
 
 
 def _resolve(preset_name: str, opts) -> tuple[TrainDefaults, int | None]:
@@ -58,7 +62,7 @@ def _resolve(preset_name: str, opts) -> tuple[TrainDefaults, int | None]:
         over[key] = _number(key, raw, int if str(fields[key]).startswith("int") else float)
     cfg = dataclasses.replace(d, **over)
     for key, lo, hi in (("rank_weight", 0, None), ("rank_margin", 0, 1), ("huber_delta", 1e-6, None),
-                        ("stratify", 0, 2), ("augment", 0, 1), ("weight_decay", 0, None)):
+                        ("stratify", 0, 2), ("augment", 0, 1), ("weight_decay", 0, None), ("nonwords", 0, 0.9)):
         v = getattr(cfg, key)
         if v < lo or (hi is not None and v > hi):
             raise UsageError(f"--set {key}={v:g}: must be {'at least ' + format(lo, 'g') if hi is None else f'in [{lo:g}, {hi:g}]'}")
@@ -169,6 +173,11 @@ def _train(preset_name: str, cfg: TrainDefaults, opts) -> dict:
     cdf = _sampler_cdf(y_tr, cfg.stratify)
     log(f"bytecnn {preset_name}: {len(data):,} words from {data.source} (train {len(split.train):,}, "
         f"val {len(split.val):,}, test {len(split.test):,}); {cfg.max_iters} steps max")
+    n_fake = int(round(cfg.batch_size * cfg.nonwords))  # rows of each batch given to non-words
+    if n_fake:
+        fake = wd.nonwords(data, split, min(NONWORD_POOL, len(split.train)), seed=opts.seed, max_len=max_len)
+        x_fake = encode_words(fake, max_len=max_len).astype(np.uint8)  # (M, L), target 1.0
+        log(f"{len(fake):,} non-words from the training split, {n_fake} of every {cfg.batch_size} batch rows")
 
     model = build(model_args).to(opts.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("emb")]
@@ -181,10 +190,14 @@ def _train(preset_name: str, cfg: TrainDefaults, opts) -> dict:
     bar = progress(cfg.max_iters, desc=f"train {preset_name}", enabled=opts.progress)
     for step in range(1, cfg.max_iters + 1):
         model.train()
-        idx = np.searchsorted(cdf, rng.random(cfg.batch_size))
+        idx = np.searchsorted(cdf, rng.random(cfg.batch_size - n_fake))
         xb = _augment(x_tr[idx], cfg.augment, rng) if cfg.augment > 0 else x_tr[idx]
+        yb = y_tr[idx]
+        if n_fake:
+            xb = np.concatenate([xb, x_fake[rng.integers(len(x_fake), size=n_fake)]])
+            yb = np.concatenate([yb, np.ones(n_fake, np.float32)])
         xb = torch.from_numpy(xb).to(opts.device)
-        yb = torch.from_numpy(y_tr[idx]).to(opts.device)
+        yb = torch.from_numpy(yb).to(opts.device)
         for g in optim.param_groups:
             g["lr"] = _lr_at(step - 1, cfg)
         huber, rank = _losses(model, xb, yb, cfg)
@@ -213,10 +226,8 @@ def _train(preset_name: str, cfg: TrainDefaults, opts) -> dict:
     def score(words: list[str]) -> np.ndarray:
         return predict(model, torch.from_numpy(encode_words(words, max_len=max_len)).to(opts.device))
 
-    test_scores = predict(model, torch.from_numpy(x_all[split.test]).to(opts.device))
-    test_rho = wd.spearman(test_scores, y_all[split.test])
-    top50k = split.test[split.test < 50_000]
-    test_rho_50k = wd.spearman(test_scores[: len(top50k)], y_all[top50k]) if len(top50k) > 1 else None
+    ranks = wd.rank_report(score, data, split)
+    test_rho = ranks["all"]
     jab = wd.jabberwocky(score, data, split)
     seconds = time.time() - t0
     config = {"preset": preset_name, **dataclasses.asdict(cfg), "seed": opts.seed, "data": opts.data,
@@ -229,13 +240,15 @@ def _train(preset_name: str, cfg: TrainDefaults, opts) -> dict:
         "checkpoint": str(ckpt_path), "preset": preset_name, "params": sum(p.numel() for p in model.parameters()),
         "words": len(data), "train_words": len(split.train), "val_words": len(split.val),
         "test_words": len(split.test), "best_val_spearman": stopper.best, "test_spearman": test_rho,
-        "test_spearman_top50k": test_rho_50k, "best_step": stopper.best_step, "steps": step,
+        "test_spearman_stratified": ranks["stratified"], "test_spearman_top50k": ranks["top50k"],
+        "stratified_words_per_band": ranks["stratified_words"], "nonwords_per_batch": n_fake, "best_step": stopper.best_step, "steps": step,
         "stopped_early": stopper.should_stop, "seconds": round(seconds, 1),
         "jabberwocky_passed": jab["passed"], "jabberwocky_words_passed": f"{jab['words_passed']}/{jab['words']}",
     }
     write_log(out, {"summary": summary, "config": config, "history": history.to_dict(), "jabberwocky": jab})
     plot_curves(out / "curves.png", history, title=f"bytecnn {preset_name}: val Spearman (best step {stopper.best_step})",
                 best_step=stopper.best_step, ylabel="loss / Spearman", keys=("train_loss", "val_huber", "val_spearman"))
-    log(f"best val Spearman {stopper.best:.4f} at step {stopper.best_step}; test Spearman {test_rho:.4f}; "
+    log(f"best val Spearman {stopper.best:.4f} at step {stopper.best_step}; test Spearman {test_rho:.4f} "
+        f"(stratified {ranks['stratified'] or float('nan'):.4f}, top-50k {ranks['top50k'] or float('nan'):.4f}); "
         f"Jabberwocky {jab['words_passed']}/{jab['words']} words, {'PASS' if jab['passed'] else 'FAIL'}")
     return summary

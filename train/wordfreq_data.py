@@ -4,7 +4,9 @@
     data = load_words("freq.tsv", limit=50_000)  # or a word<TAB>frequency file, most frequent first after sorting
     split = split_indices(data)                  # train / val / test by a hash of each word: fixed forever
     rho = spearman(model_scores, data.icf[split.test])
+    ranks = rank_report(score_fn, data, split)   # Spearman on all, Zipf-band-stratified and top-50k test words
     table = jabberwocky(score_fn, data)          # the Jabberwocky Protocol, per word pass/fail
+    fake = nonwords(data, split, 50_000, seed=0)  # pronounceable non-words from the training split (target 1.0)
 
 The target is the normalized inverse corpus frequency (ICF) of the notes:
 ``icf = (log f_max - log f) / (log f_max - log f_min)`` over the chosen words, 0 = the most frequent
@@ -55,6 +57,23 @@ PROTOCOL_MARGIN = 0.10
 SPLIT_SALT = b"edgekit-bytecnn-split-v1"
 SPLIT_PERCENT = {"test": 10, "val": 10}  # the rest is train
 BANDS = 10  # equal-width ICF bands for stratified sampling and reports
+
+# Rank quality where it matters: the same number of held-out (test) words from each Zipf band of the
+# top 100k, so "the" and "brillig" weigh alike. Bands are one Zipf unit wide; the top one merges
+# Zipf >= 5 (5-6, 6-7, 7+: only 125 test words together) and the bottom one takes the top 100k's
+# tail below Zipf 3 (down to 1.94). The sample is fixed (STRATIFIED_SEED), whatever the model's seed.
+STRATIFIED_TOP = 100_000
+STRATIFIED_PER_BAND = 150
+STRATIFIED_ZIPF_EDGES = (3.0, 4.0, 5.0)  # band 0: Zipf < 3, 1: [3, 4), 2: [4, 5), 3: >= 5
+STRATIFIED_SEED = 0
+TOP_50K = 50_000
+
+# Non-words: every string absent from the frequency list has frequency zero, i.e. the rarest target.
+NONWORD_ORDER = 3  # bytes of context of the n-gram model (a 4-gram model over training words)
+NONWORD_EDIT_SHARE = 0.5  # share of non-words made by one same-class letter swap of a training word (home -> mome)
+NONWORD_MIN_CHARS = 3
+_VOWELS = np.frombuffer(b"aeiouy", dtype=np.uint8)
+_CONSONANTS = np.frombuffer(b"bcdfghklmnprstw", dtype=np.uint8)  # common ones: swaps stay pronounceable
 
 
 @dataclass(frozen=True)
@@ -194,6 +213,71 @@ def _wordfreq_dict() -> dict[str, float]:
     return wordfreq.get_frequency_dict("en", wordlist="large")
 
 
+def _ngram_table(x: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Byte n-gram counts over (N, L) words: sorted context codes, their pair ranges, cumulative counts, next bytes."""
+    n = len(x)
+    p = np.concatenate([np.zeros((n, order), np.int64), x.astype(np.int64), np.zeros((n, 1), np.int64)], axis=1)
+    pairs = []
+    for t in range(order, p.shape[1]):
+        live = p[:, t - 1] != 0 if t > order else np.ones(n, bool)  # stop after a word's end byte
+        ctx = np.zeros(n, np.int64)
+        for j in range(t - order, t):
+            ctx = (ctx << 8) | p[:, j]
+        pairs.append(((ctx << 8) | p[:, t])[live])
+    codes, counts = np.unique(np.concatenate(pairs), return_counts=True)  # sorted by (context, next byte)
+    ctx_of = codes >> 8
+    ctx_codes, starts = np.unique(ctx_of, return_index=True)
+    return ctx_codes, np.r_[starts, len(codes)], np.cumsum(counts).astype(np.float64), (codes & 0xFF).astype(np.uint8)
+
+
+def _sample_ngram(table, rows: int, max_len: int, order: int, rng: np.random.Generator) -> list[bytes]:
+    """Draw ``rows`` byte strings from the n-gram table, all at once; unfinished ones are dropped."""
+    ctx_codes, bounds, cum, nxt = table
+    ctx = np.zeros(rows, np.int64)
+    out = np.zeros((rows, max_len), np.uint8)
+    done = np.zeros(rows, bool)
+    mask = (1 << (8 * order)) - 1
+    for t in range(max_len + 1):
+        g = np.searchsorted(ctx_codes, ctx)  # every context reached was seen in training
+        lo, hi = bounds[g], bounds[g + 1]
+        base = np.where(lo > 0, cum[lo - 1], 0.0)
+        pick = np.searchsorted(cum, base + rng.random(rows) * (cum[hi - 1] - base), side="right")
+        b = np.where(done, 0, nxt[np.minimum(pick, len(nxt) - 1)])
+        done |= b == 0
+        if t == max_len or done.all():
+            break
+        out[:, t] = b
+        ctx = ((ctx << 8) | b) & mask
+    return [bytes(r[r != 0]) for r in out[done]]
+
+
+def _edit_words(words: list[str], rng: np.random.Generator) -> list[str]:
+    """One ASCII letter of each word replaced by another of its class (vowel or consonant): home -> mome."""
+    out = []
+    for w in words:
+        b = bytearray(w.encode("utf-8"))
+        pos = [i for i, c in enumerate(b) if 97 <= c <= 122]
+        if len(pos) < 2:
+            continue
+        i = pos[int(rng.integers(len(pos)))]
+        pool = _VOWELS if b[i] in _VOWELS else _CONSONANTS  # j, q, v, x, z swap in but never out of a word
+        b[i] = int(pool[int(rng.integers(len(pool)))])
+        out.append(b.decode("utf-8"))
+    return out
+
+
+def listed_words(data: "WordData") -> frozenset[str]:
+    """Every entry of the source list (all scripts, protocol words included): what counts as a word."""
+    if data.source.startswith("wordfreq:"):
+        return _wordfreq_keys()
+    return frozenset(_read_tsv(Path(data.source)))
+
+
+@functools.lru_cache(maxsize=1)
+def _wordfreq_keys() -> frozenset[str]:
+    return frozenset(_wordfreq_dict())
+
+
 # --- public API -----------------------------------------------------------------------------------
 def load_words(path: str | os.PathLike | None = None, *, limit: int | None = None) -> WordData:
     """Latin-letter words with frequencies, most frequent first, protocol words removed; ICF targets.
@@ -270,3 +354,93 @@ def _real_zipf(words) -> dict[str, float]:
     except ImportError:
         return {}
     return {w: float(wordfreq.zipf_frequency(w, "en", wordlist="large")) for w in words}
+
+
+def nonwords(data: WordData, split: Split, n: int, *, seed: int, edit_share: float = NONWORD_EDIT_SHARE,
+             max_len: int = 24) -> list[str]:
+    """``n`` pronounceable non-words made from the training split only, deterministic for a seed.
+
+    ``1 - edit_share`` come from a byte 4-gram model over the training words, ``edit_share`` from one
+    same-class letter swap of a training word drawn evenly across ICF bands (home -> mome). Each is kept
+    only if it is absent from the whole source list (all of wordfreq's entries, not just the usable
+    words), is not a protocol word or an inflection of one, has 3+ Latin letters, and is new.
+    """
+    from edgekit.runtime.bytecnn import encode  # the runtime's byte encoding
+
+    rng = np.random.default_rng([seed, 17])
+    train = [data.words[i] for i in split.train]
+    listed = listed_words(data)
+    table = _ngram_table(encode(train, max_len=max_len), NONWORD_ORDER)
+    band = band_of(data.icf[split.train])
+    weight = 1.0 / np.bincount(band, minlength=BANDS)[band]
+    weight /= weight.sum()
+    n_edit = int(round(n * edit_share))
+    seen: set[str] = set()
+    made: dict[str, list[str]] = {"ngram": [], "edit": []}
+    for _ in range(50):  # rounds; each draws twice what is missing (many draws are real words)
+        need = {"ngram": n - n_edit - len(made["ngram"]), "edit": n_edit - len(made["edit"])}
+        if max(need.values()) <= 0:
+            break
+        cands = {"ngram": [], "edit": []}
+        if need["ngram"] > 0:
+            for raw in _sample_ngram(table, 2 * need["ngram"] + 64, max_len, NONWORD_ORDER, rng):
+                try:
+                    cands["ngram"].append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    continue
+        if need["edit"] > 0:
+            picks = rng.choice(len(train), size=2 * need["edit"] + 64, p=weight)
+            cands["edit"] = _edit_words([train[i] for i in picks], rng)
+        for kind, words in cands.items():
+            for w in words:
+                if len(made[kind]) >= n - n_edit if kind == "ngram" else len(made[kind]) >= n_edit:
+                    break
+                if (w in seen or w in listed or len(w) < NONWORD_MIN_CHARS or not is_latin_word(w)
+                        or is_protocol_word(w) or normalize_word(w) != w):
+                    continue
+                seen.add(w)
+                made[kind].append(w)
+    out = made["ngram"] + made["edit"]
+    if len(out) < n:
+        raise DataError(f"{data.source}: made only {len(out):,} of {n:,} non-words from {len(train):,} training "
+                        "words; give more words or a lower nonwords share")
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
+def zipf_bands(data: WordData, idx: np.ndarray) -> np.ndarray | None:
+    """Stratification band of each word (0 = Zipf < 3 ... 3 = Zipf >= 5); None for non-wordfreq data."""
+    if not data.source.startswith("wordfreq:"):
+        return None
+    zipf = np.log10(data.freq[idx]) + 9.0  # wordfreq frequencies are shares of all tokens
+    return np.searchsorted(np.asarray(STRATIFIED_ZIPF_EDGES), zipf, side="right")
+
+
+def stratified_sample(data: WordData, split: Split, *, per_band: int = STRATIFIED_PER_BAND,
+                      top: int = STRATIFIED_TOP) -> np.ndarray | None:
+    """Up to ``per_band`` test words from each Zipf band of the ``top`` most frequent words (a fixed sample)."""
+    cand = split.test[split.test < top]
+    bands = zipf_bands(data, cand)
+    if bands is None:
+        return None
+    rng = np.random.default_rng(STRATIFIED_SEED)
+    picked = [rng.permutation(cand[bands == b])[:per_band] for b in range(len(STRATIFIED_ZIPF_EDGES) + 1)]
+    return np.sort(np.concatenate(picked))
+
+
+def rank_report(score: Callable[[list[str]], np.ndarray], data: WordData, split: Split | None = None) -> dict:
+    """Test-split Spearman three ways: all words, Zipf-band-stratified (top 100k), top 50k."""
+    split = split or split_indices(data)
+    scores = np.asarray(score([data.words[i] for i in split.test]), dtype=np.float64)
+    out = {"all": spearman(scores, data.icf[split.test]), "all_words": int(len(split.test))}
+    top = split.test < TOP_50K  # split.test is sorted, as are the words (most frequent first)
+    out["top50k"] = spearman(scores[top], data.icf[split.test[top]]) if top.sum() > 1 else None
+    out["top50k_words"] = int(top.sum())
+    strat = stratified_sample(data, split)
+    if strat is not None and len(strat) > 1:
+        at = np.searchsorted(split.test, strat)
+        out["stratified"] = spearman(scores[at], data.icf[strat])
+        out["stratified_words"] = np.bincount(zipf_bands(data, strat), minlength=len(STRATIFIED_ZIPF_EDGES) + 1).tolist()
+    else:
+        out["stratified"], out["stratified_words"] = None, []
+    return out
