@@ -201,9 +201,12 @@ def test_ngram_nonwords_come_from_the_training_split_only(wordfreq_top):
 def test_rank_report_three_ways():
     data = wd.load_words()
     split = wd.split_indices(data)
-    strat = wd.stratified_sample(data, split)
-    assert np.array_equal(strat, wd.stratified_sample(data, split)) and set(strat) <= set(split.test)
-    assert np.bincount(wd.zipf_bands(data, strat)).tolist() == [150, 150, 150, 125] and strat.max() < 100_000
+    samples = wd.stratified_samples(data, split)
+    assert len(samples) == wd.STRATIFIED_DRAWS and not np.array_equal(samples[0], samples[1])
+    assert all(np.array_equal(a, b) for a, b in zip(samples, wd.stratified_samples(data, split)))
+    for strat in samples:
+        assert set(strat) <= set(split.test) and strat.max() < 100_000
+        assert np.bincount(wd.zipf_bands(data, strat)).tolist() == [150, 150, 150, 125]
     truth = dict(zip(data.words, data.icf))
     r = wd.rank_report(lambda ws: np.array([truth[w] for w in ws]), data, split)
     assert r["all"] == r["stratified"] == r["top50k"] == pytest.approx(1.0)
@@ -225,6 +228,20 @@ def test_tiny_training_writes_checkpoint_log_and_curves(tiny_nano):
     ckpt = load_checkpoint(tiny_nano["ckpt"])
     assert ckpt.family == "bytecnn" and ckpt.tokenizer is None and ckpt.extra["best_val_spearman"] == s["best_val_spearman"]
     assert ckpt.config["data_recipe"]["words"] == 3000
+
+
+def test_shipped_nano_checkpoint_is_the_default_recipe():
+    """The benchmark gates' reference nano-cnn was trained with today's preset defaults (retrain it if they change)."""
+    import dataclasses
+    from pathlib import Path
+
+    from edgekit.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(Path(__file__).resolve().parent.parent / "examples" / "reference" / "nano-cnn-wordfreq.pt")
+    preset = bytecnn.PRESETS["nano-cnn"]
+    assert ckpt.family == "bytecnn" and ckpt.model_args == bytecnn.preset_config(preset)
+    assert {k: ckpt.config[k] for k in dataclasses.asdict(preset.train)} == dataclasses.asdict(preset.train)
+    assert ckpt.config["data"] is None and ckpt.config["data_recipe"]["words"] == 311_114 and preset.train.nonwords > 0
 
 
 def test_train_options_are_checked(tmp_path):

@@ -175,7 +175,8 @@ def _train(preset_name: str, cfg: TrainDefaults, opts) -> dict:
         f"val {len(split.val):,}, test {len(split.test):,}); {cfg.max_iters} steps max")
     n_fake = int(round(cfg.batch_size * cfg.nonwords))  # rows of each batch given to non-words
     if n_fake:
-        fake = wd.nonwords(data, split, min(NONWORD_POOL, len(split.train)), seed=opts.seed, max_len=max_len)
+        fake = wd.nonwords(data, split, min(NONWORD_POOL, len(split.train)), seed=opts.seed, max_len=max_len,
+                            edit_top=cfg.nonword_edit_top)
         x_fake = encode_words(fake, max_len=max_len).astype(np.uint8)  # (M, L), target 1.0
         log(f"{len(fake):,} non-words from the training split, {n_fake} of every {cfg.batch_size} batch rows")
 
