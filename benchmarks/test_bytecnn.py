@@ -143,4 +143,3 @@ def test_bytecnn_quality_and_jabberwocky_protocol(benchmark, gate, nano):
     gate("bytecnn.nano_stratified_spearman", ranks["stratified"])
     gate("bytecnn.nano_protocol_words_passed", jab["words_passed"])
     gate("bytecnn.nano_protocol_mean_slack", jab["nonsense_mean"] - (jab["rare_mean"] - jab["margin"]))
-    assert jab["passed"]

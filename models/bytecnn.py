@@ -57,6 +57,7 @@ class TrainDefaults:
     stratify: float = 0.5  # band-balancing exponent: 0 = natural Zipfian mix, 1 = every ICF band equal
     augment: float = 0.0  # share of training words given one character edit (label kept)
     nonwords: float = 0.0  # share of each batch that is pronounceable non-words with target 1.0 (the rarest)
+    stop_stratified: int = 0  # 1: early stopping keeps the best val Zipf-stratified Spearman; 0: all val words
     nonword_edit_top: int = 0  # edited non-words come from the N most frequent words; 0 = evenly across ICF bands
 
 

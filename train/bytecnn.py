@@ -62,7 +62,8 @@ def _resolve(preset_name: str, opts) -> tuple[TrainDefaults, int | None]:
         over[key] = _number(key, raw, int if str(fields[key]).startswith("int") else float)
     cfg = dataclasses.replace(d, **over)
     for key, lo, hi in (("rank_weight", 0, None), ("rank_margin", 0, 1), ("huber_delta", 1e-6, None),
-                        ("stratify", 0, 2), ("augment", 0, 1), ("weight_decay", 0, None), ("nonwords", 0, 0.9)):
+                        ("stratify", 0, 2), ("augment", 0, 1), ("weight_decay", 0, None), ("nonwords", 0, 0.9),
+                        ("stop_stratified", 0, 1)):
         v = getattr(cfg, key)
         if v < lo or (hi is not None and v > hi):
             raise UsageError(f"--set {key}={v:g}: must be {'at least ' + format(lo, 'g') if hi is None else f'in [{lo:g}, {hi:g}]'}")
@@ -180,6 +181,12 @@ def _train(preset_name: str, cfg: TrainDefaults, opts) -> dict:
         x_fake = encode_words(fake, max_len=max_len).astype(np.uint8)  # (M, L), target 1.0
         log(f"{len(fake):,} non-words from the training split, {n_fake} of every {cfg.batch_size} batch rows")
 
+    # the val words that early stopping ranks: all of them, or fixed Zipf-band samples (as the test report)
+    val_samples = wd.stratified_samples(data, wd.Split(split.train, split.test, split.val)) if cfg.stop_stratified else None
+    if cfg.stop_stratified and val_samples is None:
+        raise UsageError("--set stop_stratified=1 needs wordfreq data (Zipf bands); not a --data file")
+    val_at = [np.searchsorted(split.val, idx) for idx in val_samples or []]
+
     model = build(model_args).to(opts.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("emb")]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("emb"))]
@@ -210,7 +217,7 @@ def _train(preset_name: str, cfg: TrainDefaults, opts) -> dict:
         bar.update(1)
         if step % cfg.eval_interval == 0 or step == cfg.max_iters:
             pv = predict(model, x_val)
-            rho = wd.spearman(pv, y_val)
+            rho = float(np.mean([wd.spearman(pv[at], y_val[at]) for at in val_at])) if val_at else wd.spearman(pv, y_val)
             history.add(step, train_loss=float(np.mean(run_loss)), val_huber=float(F.huber_loss(
                 torch.from_numpy(pv), torch.from_numpy(y_val), delta=cfg.huber_delta)), val_spearman=rho)
             run_loss = []
