@@ -181,6 +181,21 @@ def test_nonwords_are_absent_from_the_whole_list_and_deterministic(wordfreq_top)
     assert not set(made) & set(wd.PROTOCOL_WORDS)
 
 
+def test_nonwords_can_follow_the_top_words_lengths_and_name_their_sources(wordfreq_top):
+    """len_top: lengths like the 1,000 most frequent words (short ones); with_sources: the training word edited."""
+    data, split = wordfreq_top
+    plain = wd.nonwords(data, split, 3000, seed=3)
+    made, src = wd.nonwords(data, split, 3000, seed=3, len_top=1000, with_sources=True)
+    assert made == wd.nonwords(data, split, 3000, seed=3, len_top=1000) and len(src) == len(made) == len(set(made))
+    short = lambda words: np.mean([len(w) <= 5 for w in words])  # noqa: E731
+    top_short = short([w for w in data.words[:1000] if len(w) >= 3])  # 0.61; 3-letter non-words are scarce
+    assert short(plain) + 0.2 < short(made) <= top_short, (short(plain), short(made), top_short)
+    train = set(split.train.tolist())
+    edits = [(w, data.words[i]) for w, i in zip(made, src) if i >= 0]
+    assert 1000 < len(edits) < 2000 and all(i in train for i in src if i >= 0)
+    assert all(len(w) == len(o) and sum(a != b for a, b in zip(w, o)) == 1 for w, o in edits)  # mome <- home
+
+
 def test_ngram_nonwords_come_from_the_training_split_only(wordfreq_top):
     """Every 4-gram of an n-gram non-word (with start and end marks) occurs in a training word."""
     data, split = wordfreq_top
