@@ -62,8 +62,9 @@ def _resolve(preset_name: str, opts) -> tuple[TrainDefaults, int | None]:
         over[key] = _number(key, raw, int if str(fields[key]).startswith("int") else float)
     cfg = dataclasses.replace(d, **over)
     for key, lo, hi in (("rank_weight", 0, None), ("rank_margin", 0, 1), ("huber_delta", 1e-6, None),
-                        ("stratify", 0, 2), ("augment", 0, 1), ("weight_decay", 0, None), ("nonwords", 0, 0.9),
-                        ("stop_stratified", 0, 1)):
+                        ("stratify", 0, 2), ("augment", 0, 1), ("weight_decay", 0, None), ("nonwords", 0, 0.9), ("top_share", 0, 0.5), ("top_words", 1, None),
+                        ("stop_stratified", 0, 1), ("nonword_pair", 0, None),
+                        ("nonword_len_top", 0, None), ("nonword_edit_top", 0, None)):
         v = getattr(cfg, key)
         if v < lo or (hi is not None and v > hi):
             raise UsageError(f"--set {key}={v:g}: must be {'at least ' + format(lo, 'g') if hi is None else f'in [{lo:g}, {hi:g}]'}")
@@ -175,10 +176,17 @@ def _train(preset_name: str, cfg: TrainDefaults, opts) -> dict:
     log(f"bytecnn {preset_name}: {len(data):,} words from {data.source} (train {len(split.train):,}, "
         f"val {len(split.val):,}, test {len(split.test):,}); {cfg.max_iters} steps max")
     n_fake = int(round(cfg.batch_size * cfg.nonwords))  # rows of each batch given to non-words
+    n_top = int(round(cfg.batch_size * cfg.top_share))  # rows of each batch drawn from the most frequent words
+    top_rows = np.flatnonzero(split.train < cfg.top_words)  # positions in x_tr (split.train is sorted)
+    if n_top and not len(top_rows):
+        raise UsageError(f"--set top_share: no training word among the {cfg.top_words} most frequent")
     if n_fake:
-        fake = wd.nonwords(data, split, min(NONWORD_POOL, len(split.train)), seed=opts.seed, max_len=max_len,
-                            edit_top=cfg.nonword_edit_top)
+        fake, fake_src = wd.nonwords(data, split, min(NONWORD_POOL, len(split.train)), seed=opts.seed,
+                                     max_len=max_len, edit_top=cfg.nonword_edit_top, len_top=cfg.nonword_len_top,
+                                     with_sources=True)
         x_fake = encode_words(fake, max_len=max_len).astype(np.uint8)  # (M, L), target 1.0
+        x_src = x_all[np.maximum(fake_src, 0)]  # (M, L) the word each edited non-word came from (row 0 for n-gram ones)
+        has_src = fake_src >= 0
         log(f"{len(fake):,} non-words from the training split, {n_fake} of every {cfg.batch_size} batch rows")
 
     # the val words that early stopping ranks: all of them, or fixed Zipf-band samples (as the test report)
@@ -198,18 +206,28 @@ def _train(preset_name: str, cfg: TrainDefaults, opts) -> dict:
     bar = progress(cfg.max_iters, desc=f"train {preset_name}", enabled=opts.progress)
     for step in range(1, cfg.max_iters + 1):
         model.train()
-        idx = np.searchsorted(cdf, rng.random(cfg.batch_size - n_fake))
+        idx = np.searchsorted(cdf, rng.random(cfg.batch_size - n_fake - n_top))
+        if n_top:
+            idx = np.concatenate([idx, top_rows[rng.integers(len(top_rows), size=n_top)]])
         xb = _augment(x_tr[idx], cfg.augment, rng) if cfg.augment > 0 else x_tr[idx]
         yb = y_tr[idx]
+        pair_rows = None
         if n_fake:
-            xb = np.concatenate([xb, x_fake[rng.integers(len(x_fake), size=n_fake)]])
+            fi = rng.integers(len(x_fake), size=n_fake)
+            xb = np.concatenate([xb, x_fake[fi]])
             yb = np.concatenate([yb, np.ones(n_fake, np.float32)])
+            if cfg.nonword_pair > 0:
+                fi = fi[has_src[fi]]
+                pair_rows = (torch.from_numpy(x_fake[fi]).to(opts.device), torch.from_numpy(x_src[fi]).to(opts.device))
         xb = torch.from_numpy(xb).to(opts.device)
         yb = torch.from_numpy(yb).to(opts.device)
         for g in optim.param_groups:
             g["lr"] = _lr_at(step - 1, cfg)
         huber, rank = _losses(model, xb, yb, cfg)
         loss = huber + cfg.rank_weight * rank
+        if pair_rows is not None and len(pair_rows[0]):  # each edited non-word above the word it came from
+            z = model.logits(torch.cat(pair_rows))
+            loss = loss + cfg.nonword_pair * F.softplus(z[len(pair_rows[0]):] - z[:len(pair_rows[0])]).mean()
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
