@@ -22,7 +22,8 @@ from edgekit.export.common import (ExportReport, StepRecord, max_abs_diff, model
                                    write_model)
 
 FP32_TOLERANCE = 1e-4  # max |onnx - torch| on scores in [0, 1]
-INT8_TOLERANCE = 0.01  # max |int8 - torch| over ~31k words: 0.0051 measured 2026-11-22 (nano-cnn, 200 steps), ~2x
+INT8_TOLERANCE = 0.05  # max |int8 - torch| over ~31k words: 0.0051 on a 200-step nano-cnn, 0.029 on the fully
+# trained shipped one (examples/reference, mean 0.0037, Spearman +0.0005; 0.018 with its head kept fp32), ~1.7x
 INT8_MEAN_TOLERANCE = 0.01  # mean |int8 - torch|: scores as a whole stay put (measured 0.002-0.006)
 SPEARMAN_BUDGET = 0.01  # int8 may lose at most this much test Spearman against PyTorch
 SPEED_TOLERANCE = 1.15  # "not slower": int8 p50 within 15% of fp32's. int8 is dequantized once at load and runs
