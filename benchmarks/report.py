@@ -24,12 +24,21 @@ def headroom(r: dict) -> float:
     return r["max"] / r["measured"] if r["measured"] else float("inf")
 
 
-def table(rs: list[dict]) -> str:
-    lines = [f"{'budget':<38}{'measured':>14}  {'budget':<14}{'status':<8}source"]
+def table(rs: list[dict], *, markdown: bool = False) -> str:
+    """Every budget: measured, bound, headroom (> 1 is inside), status and source; plain or Markdown."""
+    if markdown:
+        lines = ["| budget | measured | bound | headroom | status | source |", "| --- | ---: | --- | ---: | --- | --- |"]
+    else:
+        lines = [f"{'budget':<38}{'measured':>14}  {'budget':<14}{'headroom':>9}  {'status':<8}source"]
     for r in rs:
         bound = f">= {r['min']:g}" if "min" in r else f"<= {r['max']:g}"
-        lines.append(f"{r['budget']:<38}{r['measured']:>14,.4g}  {bound:<14}{'ok' if r['ok'] else 'BROKEN':<8}"
-                     f"{r['source']}")
+        status = "ok" if r["ok"] else "BROKEN"
+        if markdown:
+            lines.append(f"| {r['budget']} | {r['measured']:,.4g} {r.get('unit', '')} | {bound} | {headroom(r):.2f}x "
+                         f"| {status} | {r['source']} |")
+        else:
+            lines.append(f"{r['budget']:<38}{r['measured']:>14,.4g}  {bound:<14}{headroom(r):>8.2f}x  {status:<8}"
+                         f"{r['source']}")
     return "\n".join(lines)
 
 
@@ -60,9 +69,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json_path")
     ap.add_argument("--png")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = ap.parse_args()
     rs = rows(json.load(open(args.json_path)))
-    print(table(rs))
+    print(table(rs, markdown=args.markdown))
     if args.png:
         chart(rs, args.png)
         print(f"chart: {args.png}")
