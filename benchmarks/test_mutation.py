@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from checks import AnswerError, check_same_tokens, check_schemes, check_vectors
+from checks import AnswerError, check_same_tokens, check_schemes, check_top_k, check_vectors
 from test_gpt import NEW_TOKENS, decode_side_by_side, first_token_side_by_side, pair  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.gate
@@ -45,6 +45,20 @@ def test_decode_benchmark_fails_a_runtime_that_stops_early(pair, monkeypatch):
     monkeypatch.setattr(lm, "run", lambda p, o: [dataclasses.replace(g, token_ids=g.token_ids[:-1]) for g in run(p, o)])
     with pytest.raises(AnswerError, match="returned 47 tokens"):
         decode_side_by_side(model, lm, ids, rounds=1)
+
+
+def test_sampled_check_fails_on_tokens_outside_pytorchs_top_k(pair):
+    """The sampled gate's answer: seeded top-k 40 tokens are all in PyTorch's top 40; the same tokens moved
+    half the vocabulary away are not."""
+    from edgekit.runtime.gpt import SamplingOptions
+
+    model, lm, ids, _ = pair
+    opts = SamplingOptions(max_new_tokens=NEW_TOKENS, heal=False, temperature=0.8, top_k=40, seed=1)
+    tokens = lm.run([ids], opts)[0].token_ids
+    assert check_top_k(model, ids, tokens, k=40, floor=0.95) >= 0.95
+    moved = [(t + lm.vocab_size // 2) % lm.vocab_size for t in tokens]
+    with pytest.raises(AnswerError, match="top 40"):
+        check_top_k(model, ids, moved, k=40, floor=0.95)
 
 
 def test_thread_check_fails_on_different_tokens():
