@@ -18,6 +18,7 @@ import sys
 import click
 
 from edgekit.errors import EdgekitError
+from edgekit.export.schemes import QUANT_CHOICES  # the one --quant vocabulary (torch-free)
 from edgekit.options import ExportOptions, TrainOptions
 
 EXIT_ERROR = 1
@@ -151,7 +152,6 @@ def train(preset, out, data, tokens, full_corpus, max_iters, eval_interval, pati
         click.echo(f"checkpoint: {summary['checkpoint']}")
 
 
-QUANT_CHOICES = ["auto", "fp32", "int8", "int8-dynamic", "int8-nbits", "int8-static", "int4"]
 
 
 @cli.command()

@@ -7,14 +7,12 @@ int8 may lose at most 0.005 of held-out mean cosine with the true next vector.
 """
 from __future__ import annotations
 
-import os
-import time
-
 import numpy as np
 import torch
 
+from edgekit.export import pipeline
 from edgekit.export.common import ExportReport
-from edgekit.export.vectors import run_pipeline, to_graph
+from edgekit.export.vectors import VectorExport
 from edgekit.options import ExportOptions
 from edgekit.train import vectors
 from edgekit.train.checkpoint import Checkpoint
@@ -33,27 +31,34 @@ def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-8)).mean())
 
 
+class AmnExport(VectorExport):
+    family = "amn"
+    input_names = ("context",)
+    output_names = ("next",)
+    dynamic_axes = {"context": {0: "batch"}, "next": {0: "batch"}}
+    quality_name = "next_cosine"
+    quality_budget = QUALITY_BUDGET
+
+    def setup(self):
+        X, self.Y = _heldout(self.ckpt, self.opts, self.ckpt.model_args["ctx"])
+        return [{"context": X[:1]}, {"context": X[:7]}, {"context": X}]
+
+    def dummy_inputs(self):
+        return (torch.from_numpy(self.probes[-1]["context"][:2].copy()),)
+
+    def dynamic_shapes(self):
+        return ({0: torch.export.Dim("batch")},)
+
+    def quality(self, outputs):
+        return _mean_cosine(outputs[-1][0], self.Y)
+
+    def family_meta(self):
+        cfg = self.cfg
+        return {"config": cfg, "ctx": cfg["ctx"], "dim": cfg["dim"],
+                "vectors": "MiniLM all-MiniLM-L6-v2 sentence embeddings (384-d, unit length)",
+                "text": None,  # the MiniLM encoder (90 MB) is not in the file: inputs are vectors (.npy)
+                "training_metrics": self.ckpt.config.get("metrics", {}), "preset": self.ckpt.config.get("preset")}
+
+
 def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
-    started = time.time()
-    torch.set_num_threads(1)
-    model = ckpt.build_model()
-    cfg = dict(ckpt.model_args)
-    X, Y = _heldout(ckpt, opts, cfg["ctx"])
-    probes = [{"context": X[:1]}, {"context": X[:7]}, {"context": X}]
-    graph, how, note = to_graph(model, args=(torch.from_numpy(X[:2].copy()),), input_names=["context"],
-                                output_names=["next"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                dynamic_axes={"context": {0: "batch"}, "next": {0: "batch"}}, check=probes[:2])
-
-    def quality(outputs):
-        return _mean_cosine(outputs[-1][0], Y)
-
-    meta = {"config": cfg, "ctx": cfg["ctx"], "dim": cfg["dim"],
-            "vectors": "MiniLM all-MiniLM-L6-v2 sentence embeddings (384-d, unit length)",
-            "text": None,  # the MiniLM encoder (90 MB) is not in the file: inputs are vectors (.npy)
-            "training_metrics": ckpt.config.get("metrics", {}), "preset": ckpt.config.get("preset"),
-            "source_checkpoint": os.path.basename(str(ckpt.path)), "source_sha256": ckpt.sha256,
-            "source_iter": ckpt.iter_num}
-    candidates = {"int8": {"op_types": ("MatMul", "Gemm"), "per_channel": True}}
-    return run_pipeline(graph, how, module=model, family="amn", opts=opts, probes=probes, quality=quality,
-                        quality_name="next_cosine", quality_budget=QUALITY_BUDGET, candidates=candidates,
-                        timing_feeds=probes[0], meta=meta, exporter_note=note, started=started)
+    return pipeline.run(AmnExport, ckpt, opts)

@@ -87,6 +87,13 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
+def progress(opts):
+    """The export's progress writer: stderr lines when ``opts.progress``, else nothing (stdout is for results)."""
+    from edgekit.train.common import log
+
+    return log if opts.progress else (lambda _m: None)
+
+
 def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 

@@ -10,14 +10,12 @@ held-out token cosine.
 """
 from __future__ import annotations
 
-import os
-import time
-
 import numpy as np
 import torch
 
+from edgekit.export import pipeline
 from edgekit.export.common import ExportReport
-from edgekit.export.vectors import run_pipeline, to_graph
+from edgekit.export.vectors import VectorExport
 from edgekit.options import ExportOptions
 from edgekit.train import vectors
 from edgekit.train.checkpoint import Checkpoint
@@ -42,40 +40,48 @@ def _token_cosine(x: np.ndarray, lengths: np.ndarray, recon: np.ndarray) -> floa
     return float(((num / den) * mask).sum(1).__truediv__(mask.sum(1)).mean())
 
 
+class SeqaeExport(VectorExport):
+    family = "seqae"
+    input_names = ("vectors", "lengths")
+    output_names = ("reconstruction", "code")
+    dynamic_axes = {"vectors": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
+                    "reconstruction": {0: "batch", 1: "time"}, "code": {0: "batch"}}
+    schemes = {"int8-dynamic": ("int8", "int8-lstm")}  # int8-lstm: LSTM cells only
+    quality_name = "token_cosine"
+    quality_budget = QUALITY_BUDGET
+
+    def setup(self):
+        x, lengths = _heldout(self.ckpt, self.opts)
+        order = np.argsort(-lengths, kind="stable")
+        self.prefer = "torchscript" if self.ckpt.model_args["cell"] == "rnn" else "dynamo"
+        return [{"vectors": x[order[:1], :lengths[order[0]]], "lengths": lengths[order[:1]]},  # one sequence
+                {"vectors": x[:8], "lengths": lengths[:8]},  # a padded batch
+                {"vectors": x, "lengths": lengths}]  # all of it
+
+    def int8_recipes(self):
+        if self.cfg["cell"] != "lstm":
+            return super().int8_recipes()
+        # onnxruntime quantizes LSTM weights too (RNN and GRU ops stay fp32)
+        return {"int8": {"op_types": ("MatMul", "Gemm", "LSTM"), "per_channel": True},
+                "int8-lstm": {"op_types": ("LSTM",), "per_channel": True}}
+
+    def dummy_inputs(self):
+        return (torch.from_numpy(self.probes[-1]["vectors"][:2, :7].copy()), torch.tensor([7, 5]))
+
+    def dynamic_shapes(self):
+        B, T = torch.export.Dim("batch"), torch.export.Dim("time")
+        return ({0: B, 1: T}, {0: B})
+
+    def quality(self, outputs):
+        return _token_cosine(self.probes[-1]["vectors"], self.probes[-1]["lengths"], outputs[-1][0])
+
+    def family_meta(self):
+        cfg = self.cfg
+        return {"config": cfg, "input_dim": cfg["input_dim"], "bottleneck": cfg["bottleneck"],
+                "vectors": "MiniLM all-MiniLM-L6-v2 static token embeddings (384-d)",
+                "text": None,  # no vocabulary in the file: text -> vectors via `python -m edgekit.train.vectors`
+                "training_metrics": self.ckpt.config.get("metrics", {}), "preset": self.ckpt.config.get("preset")}
+
+
 def export(ckpt: Checkpoint, opts: ExportOptions) -> ExportReport:
-    started = time.time()
-    torch.set_num_threads(1)
-    model = ckpt.build_model()
-    x, lengths = _heldout(ckpt, opts)
-    order = np.argsort(-lengths, kind="stable")
-    probes = [{"vectors": x[order[:1], :lengths[order[0]]], "lengths": lengths[order[:1]]},  # one sequence
-              {"vectors": x[:8], "lengths": lengths[:8]},  # a padded batch
-              {"vectors": x, "lengths": lengths}]  # all of it
-    example = (torch.from_numpy(x[:2, :7].copy()), torch.tensor([7, 5]))
-    B, T = torch.export.Dim("batch"), torch.export.Dim("time")
-    graph, how, note = to_graph(model, args=example, input_names=["vectors", "lengths"],
-                                output_names=["reconstruction", "code"],
-                                dynamic_shapes=({0: B, 1: T}, {0: B}),
-                                dynamic_axes={"vectors": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
-                                              "reconstruction": {0: "batch", 1: "time"}, "code": {0: "batch"}},
-                                check=probes[:2],
-                                prefer="torchscript" if ckpt.model_args["cell"] == "rnn" else "dynamo")
-
-    def quality(outputs):
-        return _token_cosine(probes[-1]["vectors"], probes[-1]["lengths"], outputs[-1][0])
-
-    cfg = dict(ckpt.model_args)
-    one = probes[0]
-    meta = {"config": cfg, "input_dim": cfg["input_dim"], "bottleneck": cfg["bottleneck"],
-            "vectors": "MiniLM all-MiniLM-L6-v2 static token embeddings (384-d)",
-            "text": None,  # no vocabulary in the file: text -> vectors via `python -m edgekit.train.vectors`
-            "training_metrics": ckpt.config.get("metrics", {}), "preset": ckpt.config.get("preset"),
-            "source_checkpoint": os.path.basename(str(ckpt.path)), "source_sha256": ckpt.sha256,
-            "source_iter": ckpt.iter_num}
-    candidates = {"int8": {"op_types": ("MatMul", "Gemm"), "per_channel": True}}
-    if cfg["cell"] == "lstm":  # onnxruntime quantizes LSTM weights too (RNN and GRU ops stay fp32)
-        candidates = {"int8": {"op_types": ("MatMul", "Gemm", "LSTM"), "per_channel": True},
-                      "int8-lstm": {"op_types": ("LSTM",), "per_channel": True}}
-    return run_pipeline(graph, how, module=model, family="seqae", opts=opts, probes=probes, quality=quality,
-                        quality_name="token_cosine", quality_budget=QUALITY_BUDGET, candidates=candidates,
-                        timing_feeds=one, meta=meta, exporter_note=note, started=started)
+    return pipeline.run(SeqaeExport, ckpt, opts)

@@ -1,11 +1,10 @@
-"""Export pipeline shared by the vector families (seqae, amn): graph, parity, int8 only where measured, write.
+"""Export spec shared by the vector families (seqae, amn): exporter fallback, parity on several shapes, int8 where measured.
 
-    graph, how = to_graph(module, args=(x, lengths), input_names=[...], output_names=[...],
-                          dynamic_shapes=..., dynamic_axes=..., check=[feeds])
-    report = run_pipeline(graph, how, module=module, family="seqae", opts=opts, probes=[...],
-                          quality=token_cosine, quality_budget=0.01, timing_feeds=feeds, meta={...})
+    class SeqaeExport(VectorExport):      # declares names, axes, dummy inputs, probes, quality and its budget
+        ...
+    report = pipeline.run(SeqaeExport, ckpt, opts)
 
-Budgets: fp32 graphs match PyTorch within ``FP32_TOL`` (max |difference| over every output and
+Budgets: fp32 graphs match PyTorch within pipeline.FP32_TOL (max |difference| over every output and
 probe, probes of several batch sizes and lengths); int8 keeps the family's quality figure within its
 budget of fp32's and must not be slower than fp32 (p50 of one sequence, ``opts.threads`` threads) to be
 chosen by ``--quant auto``. Each int8 candidate is recorded as a step, chosen or not.
@@ -14,24 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
-import statistics
-import time
 
 import numpy as np
 import onnx
 import torch
 
-from edgekit.errors import ExportError, UsageError
-from edgekit.export import common
-from edgekit.export.common import ExportReport, StepRecord
-from edgekit.train.common import log
-
-FP32_TOL = 1e-4  # max |difference| against PyTorch for graphs that should be exact
-SPEED_TOLERANCE = 1.10  # int8 counts as "not slower" within 10% of fp32's p50: the timings are taken one after the
-# other, and p50s moved up to ~10% between runs on this shared 2-core machine; fp32 is 1.4-4x larger
-QUANT_CHOICES = ("auto", "fp32", "int8", "int8-dynamic")
-
+from edgekit.errors import ExportError
+from edgekit.export import common, pipeline
+from edgekit.export.schemes import Choice
 
 def _torchscript(module, *, args, input_names, output_names, dynamic_axes) -> onnx.ModelProto:
     """The TorchScript exporter (dynamo=False): emits ONNX RNN/GRU/LSTM ops for nn.RNN & co."""
@@ -71,7 +60,7 @@ def to_graph(module, *, args: tuple, input_names: list[str], output_names: list[
             graph = common.to_onnx(module, args=args, input_names=input_names, output_names=output_names,
                                    dynamic_shapes=dynamic_shapes)
             diff = parity(graph, module, check)
-            if diff <= FP32_TOL:
+            if diff <= pipeline.FP32_TOL:
                 _name_dims(graph, dynamic_axes)
                 return graph, "dynamo", note
             note = f"dynamo graph differs by {diff:.2e} on other shapes"
@@ -105,117 +94,107 @@ def _name_dims(model: onnx.ModelProto, dims: dict) -> None:
 
 
 def p50_ms(fn, *, rounds: int = 30, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median wall time of ``fn()`` in milliseconds (pipeline.interleaved with one function)."""
+    return pipeline.interleaved({"fn": fn}, rounds=1, calls=rounds, warmup=warmup)["fn"] * 1e3
 
 
-def interleaved_p50_ms(models: dict, session, feeds: dict, *, rounds: int = 5, calls: int = 20) -> dict[str, float]:
-    """{name: p50 ms of one ``run``}: each model's p50 over ``calls`` runs, taken in ``rounds`` alternating
-    rounds; the lowest round counts (the least disturbed by other work on the machine)."""
-    sessions = {k: session(m) for k, m in models.items()}
-    best = {k: float("inf") for k in models}
-    for _ in range(rounds):
-        for k, sess in sessions.items():
-            best[k] = min(best[k], p50_ms(lambda: sess.run(None, feeds), rounds=calls, warmup=2))
-    return best
+class VectorExport(pipeline.ExportSpec):
+    """What seqae and amn share. A subclass sets the names, axes and quality attributes and implements
+    ``setup`` (probes: feeds of several shapes, the last one all held-out data), ``dummy_inputs``,
+    ``dynamic_shapes``, ``quality(outputs_per_probe) -> float`` (higher is better) and ``family_meta``."""
 
+    schemes = {"int8-dynamic": ("int8",)}  # onnxruntime quantize_dynamic; the file records the recipe's name
+    int8 = "int8-dynamic"
+    # int8 counts as "not slower" within 10% of fp32's p50 (the timings are interleaved, but p50s of one
+    # sequence moved up to ~10% between rounds on this shared 2-core machine; fp32 is 1.4-4x larger)
+    speed_noise = 0.10
+    timing = {"rounds": 5, "calls": 20, "warmup": 2}
+    quality_name = ""
+    quality_budget = 0.0
+    prefer = "dynamo"  # or "torchscript" where dynamo is known to get the graph wrong
 
-def check_quant(quant: str, family: str) -> str:
-    if quant not in QUANT_CHOICES:
-        raise UsageError(f"--quant {quant} does not apply to {family} models; choose one of {', '.join(QUANT_CHOICES)}")
-    return {"int8-dynamic": "int8"}.get(quant, quant)
+    def __init__(self, ckpt, opts, say):
+        super().__init__(ckpt, opts, say)
+        torch.set_num_threads(1)
+        self.module = ckpt.build_model()
+        self.cfg = dict(ckpt.model_args)
+        self.probes: list[dict] = self.setup()
+        self.recipes = self.int8_recipes()
+        self.exporter, self.fp32_quality = "", 0.0
 
+    # ----- what a vector family declares --------------------------------------------------------------
+    def setup(self) -> list[dict]:
+        raise NotImplementedError
 
-def run_pipeline(graph: onnx.ModelProto, exporter: str, *, module, family: str, opts, probes: list[dict],
-                 quality, quality_name: str, quality_budget: float, candidates: dict[str, dict],
-                 timing_feeds: dict, meta: dict, exporter_note: str = "", started: float | None = None) -> ExportReport:
-    """Verify, simplify, quantize where it pays, and write one self-describing .onnx file.
+    def dummy_inputs(self) -> tuple:
+        raise NotImplementedError
 
-    ``quality(outputs_per_probe) -> float`` is the family's figure (higher is better) computed from
-    onnxruntime's outputs on ``probes``; an int8 candidate may lose at most ``quality_budget`` of it.
-    ``candidates`` maps int8 scheme names to ``quantize_int8`` arguments; ``--quant int8`` takes the
-    smallest that passes, ``auto`` the smallest that passes and is not slower than fp32. ``started`` is
-    when the caller began exporting the graph, so the export step's time includes it.
-    """
-    t_start = started or time.time()
-    wanted = check_quant(opts.quant, family)
-    say = log if opts.progress else (lambda _m: None)
-    report = ExportReport(output=str(opts.out), family=family, scheme="")
+    def dynamic_shapes(self) -> tuple:
+        raise NotImplementedError
 
-    def record(step, m, t0, figures, ok, note=""):
-        report.steps.append(StepRecord(step=step, bytes=common.model_bytes(m), parity=figures,
-                                       seconds=time.time() - t0, ok=ok, note=note))
-        say(f"[edgekit] {step}: {common._human_bytes(common.model_bytes(m))}, "
-            + ", ".join(f"{k} {common._fmt(v)}" for k, v in figures.items()) + ("" if ok else f"  FAILED {note}"))
+    def quality(self, outputs: list[list[np.ndarray]]) -> float:
+        raise NotImplementedError
 
-    def exact(step, m, t0, note=""):
-        try:
-            diff = parity(m, module, probes)
-        except Exception as e:  # noqa: BLE001 - onnxruntime's own error types: a broken graph fails verification
-            diff, note = float("inf"), f"onnxruntime failed: {common.first_line(e)}"
-        ok = diff <= FP32_TOL
-        note = note if ok else note or f"max |difference| {diff:.2e} > {FP32_TOL:g}"
-        record(step, m, t0, {"max_abs_diff": diff, "tolerance": FP32_TOL}, ok, note)
-        if not ok:
-            raise ExportError(f"verification failed: {step}: {note}")
-        return diff
+    def family_meta(self) -> dict:
+        raise NotImplementedError
 
-    exact(f"export ({exporter})", graph, t_start, exporter_note)
-    t0 = time.time()
-    simplified = common.simplify(graph)
-    fp32_diff = exact("simplify", simplified, t0)
+    def int8_recipes(self) -> dict[str, dict]:
+        """Recipe name (written to the file) -> common.quantize_int8's arguments."""
+        return {"int8": {"op_types": ("MatMul", "Gemm"), "per_channel": True}}
 
-    def score(m):
+    # ----- the pipeline's hooks -----------------------------------------------------------------------
+    def export_graph(self):
+        graph, self.exporter, note = to_graph(
+            self.module, args=self.dummy_inputs(), input_names=list(self.input_names),
+            output_names=list(self.output_names), dynamic_shapes=self.dynamic_shapes(),
+            dynamic_axes=self.dynamic_axes, check=self.probes[:2], prefer=self.prefer)
+        return graph, self.exporter, note
+
+    def exact(self, m, step):
+        return {"max_abs_diff": parity(m, self.module, self.probes), "tolerance": self.fp32_tol}
+
+    def score(self, m: onnx.ModelProto) -> float:
         sess = common.session(m, threads=1)
-        return quality([sess.run(None, f) for f in probes])
+        return self.quality([sess.run(None, f) for f in self.probes])
 
-    fp32_q = score(simplified)
-    built: dict[str, tuple[onnx.ModelProto, dict, float, dict]] = {}
-    for name, kwargs in (candidates.items() if wanted != "fp32" else ()):
-        t0 = time.time()
-        q = common.quantize_int8(simplified, **kwargs)
-        built[name] = (q, kwargs, t0, {quality_name: score(q)})
-    # every candidate timed beside fp32 in alternating rounds, so all see the same machine load
-    timings = interleaved_p50_ms({"fp32": simplified, **{k: v[0] for k, v in built.items()}},
-                                 lambda m: common.session(m, threads=opts.threads), timing_feeds)
-    passing: dict[str, tuple[onnx.ModelProto, dict]] = {}
-    rejected: dict[str, str] = {}
-    for name, (q, kwargs, t0, qual) in built.items():
-        drop = fp32_q - qual[quality_name]
-        figures = {**qual, "drop": drop, "budget": quality_budget, "p50_ms": timings[name],
-                   "p50_ms_fp32": timings["fp32"]}
-        ok = drop <= quality_budget
-        note = "" if ok else f"{quality_name} drops {drop:.4f} > {quality_budget}"
-        record(f"quantize:{name}", q, t0, figures, ok, note)
-        if not ok:
-            rejected[name] = "over its quality budget"
-        elif wanted == "auto" and timings[name] > timings["fp32"] * SPEED_TOLERANCE:
-            rejected[name] = "slower than fp32"
-        else:
-            passing[name] = (q, {"scheme": name, "method": "onnxruntime quantize_dynamic",
-                                 **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}, **figures})
-    if wanted == "int8" and not passing:
-        raise ExportError("no int8 scheme met its quality budget; nothing written: "
-                          + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
-    chosen = min(passing, key=lambda k: common.model_bytes(passing[k][0])) if passing else "fp32"
-    final, recipe = passing[chosen] if passing else (simplified, {"scheme": "fp32"})
-    if wanted == "auto":
-        report.extra["auto"] = {"chosen": chosen, "rejected": rejected}
-    report.scheme = chosen
-    report.extra.update({"p50_ms_per_sequence": timings, "threads": opts.threads, quality_name: fp32_q,
-                         "exporter": exporter})
-    meta = {**meta, "family": family, "quantization": recipe,
-            "verification": {"fp32_max_abs_diff": fp32_diff, "fp32_tolerance": FP32_TOL, "exporter": exporter,
-                             quality_name: fp32_q, "p50_ms_per_sequence": timings, "threads": opts.threads,
-                             "steps": [dataclasses.asdict(s) for s in report.steps]}}
-    common.write_model(final, path=opts.out, meta=meta)
-    say(f"[edgekit] wrote {opts.out} ({chosen}, {os.path.getsize(opts.out):,} bytes)")
-    report.seconds = time.time() - t_start
-    return report
+    def optimize(self, model, record):
+        """No rewrites; scores the fp32 graph every scheme is measured against."""
+        self.fp32_quality = self.score(model)
+        return model
+
+    def narrow(self, choice: Choice) -> Choice:
+        return dataclasses.replace(choice, candidates=tuple(c for c in choice.candidates if c in self.recipes))
+
+    def quantize(self, base, recipe):
+        kwargs = self.recipes[recipe]
+        return common.quantize_int8(base, **kwargs), {
+            "scheme": recipe, "method": "onnxruntime quantize_dynamic",
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+
+    def check_quant(self, q, recipe):
+        value = self.score(q)
+        drop = self.fp32_quality - value
+        figures = {self.quality_name: value, "drop": drop, "budget": self.quality_budget}
+        return figures, "" if drop <= self.quality_budget else f"{self.quality_name} drops {drop:.4f} > {self.quality_budget}"
+
+    def workload(self, name, m):
+        sess, feeds = common.session(m, threads=self.opts.threads), self.probes[0]
+        return lambda: sess.run(None, feeds)
+
+    def speed_figures(self, report, seconds):
+        ms = {k: v * 1e3 for k, v in seconds.items()}
+        for row in report.steps:
+            name = row.step.split(":", 1)[1] if row.step.startswith("quantize:") else None
+            if name in ms:
+                row.parity.update({"p50_ms": ms[name], "p50_ms_fp32": ms["fp32"]})
+        report.extra.update({"p50_ms_per_sequence": ms, "threads": self.opts.threads,
+                             self.quality_name: self.fp32_quality, "exporter": self.exporter})
+        return ms
+
+    def metadata(self, report, scheme, recipe, figures, speeds):
+        fp32_diff = next(r.parity["max_abs_diff"] for r in report.steps if r.step == "simplify")
+        return {**self.family_meta(), "family": self.family, "quantization": {**recipe, **figures},
+                "verification": {"fp32_max_abs_diff": fp32_diff, "fp32_tolerance": self.fp32_tol,
+                                 "exporter": self.exporter, self.quality_name: self.fp32_quality,
+                                 "p50_ms_per_sequence": speeds, "threads": self.opts.threads,
+                                 "steps": [dataclasses.asdict(s) for s in report.steps]}}

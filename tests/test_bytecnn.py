@@ -289,7 +289,7 @@ def test_export_parity_and_metadata(tiny_nano):
 def test_export_rejects_schemes_it_does_not_have(tiny_nano, tmp_path):
     r = run_cli("export", tiny_nano["ckpt"], "-o", tmp_path / "m.onnx", "--quant", "int4", "--quiet")
     assert r.exit_code == 1
-    assert r.stderr.strip() == "edgekit: error: quantization 'int4' does not apply to bytecnn; valid: auto, fp32, int8"
+    assert r.stderr.strip() == "edgekit: error: --quant int4 does not apply to bytecnn models; choose one of auto, fp32, int8"
 
 
 # --- runtime and infer ----------------------------------------------------------------------------

@@ -175,17 +175,18 @@ def test_inspect_shows_metadata_ops_and_sizes(tiny_gpt):
 import pytest as _pytest  # noqa: E402
 
 
-@_pytest.mark.parametrize("budget, value, quant, says", [
-    ("FP32_TOL", 0.0, "fp32", "max |logit diff|"),                 # the fp32 graph must match PyTorch
-    ("GREEDY_AGREEMENT", 1.01, "int8-dynamic", "greedy agreement"),  # quantized: greedy top-1 agreement
-    ("VAL_LOSS_DELTA_PCT", -100.0, "int8-nbits", "val loss"),        # quantized: held-out loss delta
+@_pytest.mark.parametrize("module, budget, value, quant, says", [
+    ("pipeline", "FP32_TOL", 0.0, "fp32", "max |logit diff|"),                 # the fp32 graph must match PyTorch
+    ("gpt_verify", "GREEDY_AGREEMENT", 1.01, "int8-dynamic", "greedy agreement"),  # quantized: greedy agreement
+    ("gpt_verify", "VAL_LOSS_DELTA_PCT", -100.0, "int8-nbits", "val loss"),        # quantized: held-out loss delta
 ])
-def test_export_budget_break_exits_1_with_one_line_and_writes_nothing(tmp_path, tiny_soma, monkeypatch, budget,
+def test_export_budget_break_exits_1_with_one_line_and_writes_nothing(tmp_path, tiny_soma, monkeypatch, module, budget,
                                                                        value, quant, says):
-    import edgekit.export.gpt as gpt_export
+    import importlib
+
     from conftest import run_cli
 
-    monkeypatch.setattr(gpt_export, budget, value)
+    monkeypatch.setattr(importlib.import_module(f"edgekit.export.{module}"), budget, value)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     r = run_cli("export", tiny_soma["ckpt"], "-o", out_dir / "m.onnx", "--quant", quant, "--quiet")
