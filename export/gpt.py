@@ -22,11 +22,9 @@ import torch
 
 from edgekit.export import common, gpt_verify, pipeline
 from edgekit.export.common import ExportReport
-from edgekit.export.gpt_graph import (_prune, _sampler_nodes, io_names, optimize, prepare_model, to_graph,  # noqa: F401
-                                      untie_head, wrap_loop)
-from edgekit.export.gpt_quant import SCHEMES, Int4Search, quantize, share_tied_embedding  # noqa: F401
-from edgekit.export.gpt_verify import (Probe, check, loop_check, make_probe, make_probes,  # noqa: F401
-                                       verification_data, within_budget)
+from edgekit.export.gpt_graph import _sampler_nodes, optimize, prepare_model, to_graph  # noqa: F401 (tests import them here)
+from edgekit.export.gpt_quant import SCHEMES, Int4Search, quantize
+from edgekit.export.gpt_verify import check, loop_check, make_probes, verification_data, within_budget
 from edgekit.options import ExportOptions
 from edgekit.runtime.gpt import GPTModel, SamplingOptions
 from edgekit.runtime.tokenizer import from_spec
