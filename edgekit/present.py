@@ -146,16 +146,22 @@ def _write_json(results: list[dict]) -> None:
     sys.stdout.write(json.dumps(results if len(results) > 1 else results[0]) + "\n")
 
 
-def seqae(model, inputs: list[str], opts: dict) -> int:
-    """MODEL x.npy [...]: codes and reconstruction quality per sequence."""
-    from edgekit.runtime.seqae import summarize
+def _vector_results(model, inputs: list[str], opts: dict, *, family: str, what: str, hint: str) -> list[dict]:
+    """The family runtime's summaries of each .npy input; with --json they are written here and [] returned."""
+    import importlib
 
-    results = _summaries(model, inputs, opts, what="token vectors", hint=SEQAE_TEXT_HINT, summarize=summarize)
+    summarize = importlib.import_module(f"edgekit.runtime.{family}").summarize
+    results = _summaries(model, inputs, opts, what=what, hint=hint, summarize=summarize)
     if opts.get("json"):
         _write_json(results)
-        return 0
+        return []
+    return results
+
+
+def seqae(model, inputs: list[str], opts: dict) -> int:
+    """MODEL x.npy [...]: codes and reconstruction quality per sequence."""
     out = sys.stdout
-    for r in results:
+    for r in _vector_results(model, inputs, opts, family="seqae", what="token vectors", hint=SEQAE_TEXT_HINT):
         n = len(r["code"])
         out.write(f"{r['input']}: {n} sequence{'s' * (n != 1)} {tuple(r['shape'])}\n")
         for i, code in enumerate(r["code"]):
@@ -167,14 +173,8 @@ def seqae(model, inputs: list[str], opts: dict) -> int:
 
 def amn(model, inputs: list[str], opts: dict) -> int:
     """MODEL ctx.npy [...]: the predicted next vector of each document."""
-    from edgekit.runtime.amn import summarize
-
-    results = _summaries(model, inputs, opts, what="sentence vectors", hint=AMN_TEXT_HINT, summarize=summarize)
-    if opts.get("json"):
-        _write_json(results)
-        return 0
     out = sys.stdout
-    for r in results:
+    for r in _vector_results(model, inputs, opts, family="amn", what="sentence vectors", hint=AMN_TEXT_HINT):
         for i, v in enumerate(r["next"]):
             head = " ".join(f"{t:+.3f}" for t in v[:6])
             out.write(f"{r['input']}[{i}]: next vector ({len(v)}-d, norm {np.linalg.norm(v):.3f}) {head} ...; "
