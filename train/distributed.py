@@ -1,4 +1,4 @@
-"""DistributedDataParallel plumbing for torchrun: gloo on CPU, nccl on CUDA, rank 0 does the I/O.
+"""Data-parallel plumbing for torchrun: gloo on CPU, nccl on CUDA, rank 0 does the I/O.
 
     torchrun --nproc_per_node=2 -m edgekit.train phase2 --out runs/p2
 
@@ -62,19 +62,36 @@ def rank() -> int:
     return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
 
 
-def wrap(model):
-    from torch.nn.parallel import DistributedDataParallel as DDP
+def sync_params(model) -> None:
+    """Rank 0's parameters and buffers on every rank (as DistributedDataParallel does at wrap time)."""
+    if world() == 1:
+        return
+    for t in [*model.parameters(), *model.buffers()]:
+        tdist.broadcast(t.data, src=0)
 
-    return DDP(model, device_ids=[torch.device(_DEVICE).index] if _DEVICE.startswith("cuda") else None)
+
+def average_grads(model) -> None:
+    """Average the gradients over ranks after ``backward`` (what DistributedDataParallel's hooks do).
+
+    By hand rather than through DDP's wrapper: the wrapper syncs only what runs through ``forward``,
+    and a family's loss may call other methods (bytecnn's ``logits``)."""
+    w = world()
+    if w == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    tdist.all_reduce(flat)
+    flat /= w
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def shard(t: torch.Tensor) -> torch.Tensor:
-    """This rank's contiguous slice of a global batch (dimension 0)."""
+    """This rank's rows ``rank::world`` of a global batch (dimension 0): each rank gets a mix of its parts."""
     w = world()
-    if w == 1:
-        return t
-    n = t.shape[0] // w
-    return t[rank() * n:(rank() + 1) * n]
+    return t if w == 1 else t[rank()::w]
 
 
 def mean_dict(d: dict[str, float]) -> dict[str, float]:
