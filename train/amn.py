@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from edgekit.errors import UsageError
 from edgekit.models.amn import AMN, PRESETS, AMNConfig
 from edgekit.options import TrainOptions
+from edgekit.train import distributed as dist
 from edgekit.train import vectors
 from edgekit.train.checkpoint import save_checkpoint
 from edgekit.train.common import log
+from edgekit.train.fit import fit
 
 SAMPLE = 64  # held-out windows stored in the checkpoint for export's parity and quality checks
 
@@ -50,8 +52,10 @@ def evaluate(model: AMN, X, Y, *, batch: int = 1024) -> dict[str, float]:
 
 def train(preset_name: str, opts: TrainOptions) -> dict:
     """Train ``preset_name``; returns the summary with the checkpoint path and the figures vs baselines."""
-    preset = PRESETS[preset_name]
-    hp, model_args, out = vectors.start_run(preset, opts)
+    return vectors.run(_train, PRESETS[preset_name], opts)
+
+
+def _train(preset, hp: dict, model_args: dict, out, opts: TrainOptions) -> dict:
     device, ctx = hp["device"], model_args["ctx"]
     source = hp["data"] or "stdlib"
     ood_source = hp["ood"] if hp["ood"] != "auto" else "pydoc" if source == "stdlib" else "stdlib"
@@ -68,8 +72,10 @@ def train(preset_name: str, opts: TrainOptions) -> dict:
     X, Y = data["train"]
     probe = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:2048]
 
-    def loss_fn(gen):
-        idx = torch.randint(len(X), (hp["batch_size"],), generator=gen).to(device)
+    def draw(gen):
+        return torch.randint(len(X), (hp["batch_size"],), generator=gen).to(device)
+
+    def loss_fn(model, idx):
         return amn_loss(model(X[idx]), Y[idx], infonce=hp["infonce"], temperature=hp["temperature"])
 
     def figures():
@@ -81,6 +87,8 @@ def train(preset_name: str, opts: TrainOptions) -> dict:
     sample_x, sample_y = (t[:SAMPLE].cpu().clone() for t in data["test"])  # clone: a view saves the whole split
 
     def save(step, figs, metrics=None):
+        if dist.rank():
+            return
         save_checkpoint(ckpt_path, model=model, model_args=model_args, family="amn", tokenizer=None,
                         iter_num=step, best_val_loss=figs["val_loss"],
                         config={"preset": preset.name, "train": hp, "data": {"source": source, "ood": ood_source,
@@ -88,16 +96,16 @@ def train(preset_name: str, opts: TrainOptions) -> dict:
                                 "metrics": metrics or {}},
                         heldout_context=sample_x, heldout_next=sample_y)
 
-    run = vectors.fit(model, hp=hp, loss_fn=loss_fn, evaluate=figures, desc=f"train {preset.name}",
-                      progress=opts.progress, on_best=save)
+    spec = vectors.fit_spec(model, hp=hp, batch=draw, loss=loss_fn, evaluate=figures, on_best=save)
+    run = fit(spec, hp=hp, desc=f"train {preset.name}", progress_bar=opts.progress, time_budget=opts.time_budget)
     metrics = {k: evaluate(model, *data[k]) for k in ("test", "val", "ood")}
-    best = run["stopper"]
+    best = run.stopper
     save(best.best_step, {"val_loss": best.best}, metrics)
     summary = {"checkpoint": str(ckpt_path), "preset": preset.name, "family": "amn", "params": model.num_params(),
-               "best_step": best.best_step, "steps": run["steps"], "seconds": round(run["seconds"], 1),
-               "best_val_loss": best.best, "data": {"source": source, "ood": ood_source, "windows": sizes},
+               "best_step": best.best_step, "steps": run.steps, "seconds": round(run.seconds, 1),
+               "best_val_loss": best.best, "stopped_by": run.stopped_by, "data": {"source": source, "ood": ood_source, "windows": sizes},
                "metrics": metrics, "settings": hp}
-    vectors.finish_run(out, preset=preset, summary=summary, history=run["history"], stopper=best,
+    vectors.finish_run(out, preset=preset, summary=summary, history=run.history, stopper=best,
                        keys=("train_loss", "val_loss"), ylabel="MSE")
     for k, name in (("test", "in-distribution"), ("ood", "out-of-distribution")):
         m = metrics[k]

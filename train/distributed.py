@@ -91,7 +91,7 @@ def average_grads(model) -> None:
 def shard(t: torch.Tensor) -> torch.Tensor:
     """This rank's rows ``rank::world`` of a global batch (dimension 0): each rank gets a mix of its parts."""
     w = world()
-    return t if w == 1 else t[rank()::w]
+    return t if w == 1 else t[rank()::w].contiguous()
 
 
 def mean_dict(d: dict[str, float]) -> dict[str, float]:

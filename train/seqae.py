@@ -17,9 +17,11 @@ import torch.nn.functional as F
 
 from edgekit.models.seqae import PRESETS, SeqAE, SeqAEConfig
 from edgekit.options import TrainOptions
+from edgekit.train import distributed as dist
 from edgekit.train import vectors
 from edgekit.train.checkpoint import save_checkpoint
 from edgekit.train.common import log
+from edgekit.train.fit import fit
 
 SAMPLE = 64  # held-out sequences stored in the checkpoint for export's parity and quality checks
 
@@ -82,8 +84,10 @@ def _mean_vector_baseline(train_ids, train_lengths, ids, lengths, table) -> floa
 
 def train(preset_name: str, opts: TrainOptions) -> dict:
     """Train ``preset_name``; returns the summary with the checkpoint path and held-out figures."""
-    preset = PRESETS[preset_name]
-    hp, model_args, out = vectors.start_run(preset, opts)
+    return vectors.run(_train, PRESETS[preset_name], opts)
+
+
+def _train(preset, hp: dict, model_args: dict, out, opts: TrainOptions) -> dict:
     device = hp["device"]
     source = hp["data"] or "stdlib"
     seqs = vectors.token_sequences(source, max_len=hp["max_len"], cap=hp["tokens"])
@@ -97,8 +101,10 @@ def train(preset_name: str, opts: TrainOptions) -> dict:
     probe = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(0))[:512]
     w = hp["cos_weight"]
 
-    def loss_fn(gen):
-        idx = torch.randint(len(train_ids), (hp["batch_size"],), generator=gen).to(device)
+    def draw(gen):
+        return torch.randint(len(train_ids), (hp["batch_size"],), generator=gen).to(device)
+
+    def loss_fn(model, idx):
         L = train_len[idx]
         x = table[train_ids[idx, :int(L.max())]]  # (B, T, D)
         recon, _ = model(x, L)
@@ -113,14 +119,16 @@ def train(preset_name: str, opts: TrainOptions) -> dict:
     sample_ids, sample_len = (t[:SAMPLE].cpu().clone() for t in data["test"])  # clone: a view saves the whole split
 
     def save(step, figs, metrics=None):
+        if dist.rank():
+            return
         save_checkpoint(ckpt_path, model=model, model_args=model_args, family="seqae", tokenizer=None,
                         iter_num=step, best_val_loss=figs["val_loss"],
                         config={"preset": preset.name, "train": hp, "data": {"source": source, "sequences": {
                             k: len(v) for k, v in seqs.items()}, "tokens": n_tokens}, "metrics": metrics or {}},
                         heldout_ids=sample_ids, heldout_lengths=sample_len)
 
-    run = vectors.fit(model, hp=hp, loss_fn=loss_fn, evaluate=figures, desc=f"train {preset.name}",
-                      progress=opts.progress, on_best=save)
+    spec = vectors.fit_spec(model, hp=hp, batch=draw, loss=loss_fn, evaluate=figures, on_best=save)
+    run = fit(spec, hp=hp, desc=f"train {preset.name}", progress_bar=opts.progress, time_budget=opts.time_budget)
     test = data["test"]
     metrics = {"test": evaluate(model, *test, table, cos_weight=w),
                "val": evaluate(model, *data["val"], table, cos_weight=w),
@@ -128,13 +136,13 @@ def train(preset_name: str, opts: TrainOptions) -> dict:
                "mean_vector_token_cosine": _mean_vector_baseline(train_ids, train_len, *test, table)}
     if model.attn is not None:
         metrics["test_attention_off"] = evaluate(model, *test, table, cos_weight=w, ablate="attention")
-    best = run["stopper"]
+    best = run.stopper
     save(best.best_step, {"val_loss": best.best}, metrics)
     summary = {"checkpoint": str(ckpt_path), "preset": preset.name, "family": "seqae", "params": model.num_params(),
-               "best_step": best.best_step, "steps": run["steps"], "seconds": round(run["seconds"], 1),
-               "best_val_loss": best.best, "data": {"source": source, "tokens": n_tokens}, "metrics": metrics,
+               "best_step": best.best_step, "steps": run.steps, "seconds": round(run.seconds, 1),
+               "best_val_loss": best.best, "stopped_by": run.stopped_by, "data": {"source": source, "tokens": n_tokens}, "metrics": metrics,
                "settings": hp}
-    vectors.finish_run(out, preset=preset, summary=summary, history=run["history"], stopper=best,
+    vectors.finish_run(out, preset=preset, summary=summary, history=run.history, stopper=best,
                        keys=("train_loss", "val_loss"), ylabel="hybrid loss (0.9 cos + 0.1 MSE)")
     t = metrics["test"]
     log(f"{preset.name}: test token cosine {t['token_cosine']:.3f}, sequence cosine {t['sequence_cosine']:.3f}; "

@@ -54,8 +54,12 @@ def _fields(obj) -> dict:
     return {f.name: f.type for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
 
 
-def resolve(preset, opts, *, model_keys: bool = False) -> Settings:
-    """The run's settings for ``preset`` (with ``.train``, ``.model``, ``.family``) and ``TrainOptions``."""
+def resolve(preset, opts, *, model_keys: bool = False, resumable: bool = True) -> Settings:
+    """The run's settings for ``preset`` (with ``.train``, ``.model``, ``.family``) and ``TrainOptions``.
+
+    ``model_keys``: ``--set`` may change the model config; ``resumable``: False refuses ``--resume``."""
+    if opts.resume and not resumable:
+        raise UsageError(f"{preset.family} training takes minutes and does not resume; run it again without --resume")
     train, train_types = dataclasses.asdict(preset.train), _fields(preset.train)
     model = preset.model.to_dict() if hasattr(preset.model, "to_dict") else dataclasses.asdict(preset.model)
     model_types = _fields(preset.model) if model_keys else {}

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import re
 import sys
@@ -34,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import DataError, UsageError
+from edgekit.errors import DataError
 
 DIM = 384  # MiniLM's vector size (token and sentence)
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2, [CLS] and [SEP] included
@@ -371,127 +369,42 @@ def concept_windows(source: str, *, ctx: int, cap: int | None, all_splits: bool 
 # ---------------------------------------------------------------- training, shared by seqae and amn
 
 
-def start_run(preset, opts) -> tuple[dict, dict, Path]:
-    """Common start of a vector-family run: refuse --resume, resolve settings, make the output folder, seed."""
-    from edgekit.errors import UsageError
+def run(family_train, preset, opts):
+    """A vector-family run: settings (``--set`` reaches the model config too), torchrun's session, output
+    folder (rank 0), seed, then ``family_train(preset, hp, model_args, out, opts)``."""
+    from edgekit.train import distributed as dist
     from edgekit.train.common import seed_everything
+    from edgekit.train.fit import session
+    from edgekit.train.settings import resolve
 
-    if opts.resume:
-        raise UsageError(f"--resume is not supported for {preset.family} presets (runs take minutes); rerun")
-    hp, model_args = resolve_settings(preset, opts)
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(hp["seed"])
-    return hp, model_args, out
-
-
-def resolve_settings(preset, opts) -> tuple[dict, dict]:
-    """Training settings and model config from the preset, the CLI options and ``--set KEY=VALUE``.
-
-    ``--set`` accepts any field of the preset's TrainDefaults or model config, typed like its default.
-    """
-    train = dataclasses.asdict(preset.train)
-    model = preset.model.to_dict()
-    for name in ("max_iters", "batch_size", "lr", "eval_interval", "patience"):
-        if getattr(opts, name) is not None:
-            train[name] = getattr(opts, name)
-    train["tokens"] = None if opts.full_corpus else (opts.tokens or train["tokens"])
-    for kv in opts.extra:
-        key, _, raw = kv.partition("=")
-        key = key.strip().replace("-", "_")
-        target = train if key in train else model if key in model else None
-        if target is None:
-            raise UsageError(f"--set {key}: not a {preset.family} setting; known: {', '.join([*train, *model])}")
-        target[key] = _parse_like(target[key], raw, key)
-    train.update(seed=opts.seed, device=opts.device, data=opts.data)
-    return train, model
+    s = resolve(preset, opts, model_keys=True, resumable=False)
+    with session(opts, threads=s.threads):
+        out = Path(opts.out)
+        if dist.rank() == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        seed_everything(s.train["seed"])
+        return family_train(preset, s.train, s.model, out, opts)
 
 
-def _parse_like(default, raw: str, key: str):
-    raw = raw.strip()
-    try:
-        if isinstance(default, bool):
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes")
-        if raw.lower() == "none":
-            return None
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        return raw if default is None or isinstance(default, str) else type(default)(raw)
-    except ValueError:
-        raise UsageError(f"--set {key}={raw}: expected a {type(default).__name__}") from None
+def fit_spec(model, *, hp: dict, batch, loss, evaluate, on_best):
+    """The vector families' TrainSpec: 50 warmup steps, clipped gradients, early stopping on val loss."""
+    from edgekit.train.fit import Schedule, TrainSpec
 
+    def on_eval(run, step, figures, improved):
+        if improved:
+            on_best(step, figures)
 
-def lr_at(step: int, *, lr: float, max_iters: int, warmup: int = 50) -> float:
-    """Linear warmup, then cosine decay to lr/10."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    ratio = min(1.0, (step - warmup) / max(1, max_iters - warmup))
-    return lr / 10 + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - lr / 10)
-
-
-def optimizer(model, *, lr: float, weight_decay: float, device: str):
-    """AdamW with decay on matrices only."""
-    import torch
-
-    groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, fused=device.startswith("cuda"))
-
-
-def fit(model, *, hp: dict, loss_fn, evaluate, desc: str, progress: bool, on_best=None) -> dict:
-    """Step until max_iters or early stopping on the validation loss; the best weights end up loaded.
-
-    ``loss_fn(generator) -> loss`` draws one batch and returns its loss; ``evaluate() -> dict`` returns
-    held-out figures with a "val_loss" and a "train_loss"; ``on_best(step, figures)`` saves a checkpoint.
-    """
-    import time
-
-    import torch
-
-    from edgekit.train.common import EarlyStopper, History, progress as bar
-
-    opt = optimizer(model, lr=hp["lr"], weight_decay=hp["weight_decay"], device=hp["device"])
-    gen = torch.Generator().manual_seed(hp["seed"])
-    stopper, history = EarlyStopper(patience=hp["patience"]), History()
-    best_state, t0, step = None, time.time(), 0
-    with bar(hp["max_iters"], desc=desc, enabled=progress) as pb:
-        for step in range(1, hp["max_iters"] + 1):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step - 1, lr=hp["lr"], max_iters=hp["max_iters"])
-            model.train()
-            loss = loss_fn(gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), hp["grad_clip"])
-            opt.step()
-            pb.update(1)
-            if step % hp["eval_interval"] and step != hp["max_iters"]:
-                continue
-            model.eval()
-            with torch.no_grad():
-                figures = evaluate()
-            history.add(step, **figures)
-            pb.set_postfix(val_loss=f"{figures['val_loss']:.4f}")
-            if stopper.update(figures["val_loss"], step):
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if on_best is not None:
-                    on_best(step, figures)
-            if stopper.should_stop:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return {"history": history, "stopper": stopper, "steps": step, "seconds": time.time() - t0}
+    return TrainSpec(model=model, batch=batch, loss=loss, evaluate=lambda _loss: evaluate(),
+                     schedule=Schedule(warmup=50), batch_seed=hp["seed"], grad_clip=hp["grad_clip"], on_eval=on_eval)
 
 
 def finish_run(out: Path, *, preset, summary: dict, history, stopper, keys: tuple[str, ...], ylabel: str) -> None:
-    """train_log.json and the curves PNG next to the checkpoint."""
+    """train_log.json and the curves PNG next to the checkpoint (rank 0 only)."""
+    from edgekit.train import distributed as dist
     from edgekit.train.common import plot_curves, write_log
 
+    if dist.rank():
+        return
     write_log(out, {**summary, "history": history.to_dict()})
     plot_curves(out / f"{preset.name}_curves.png", history, title=f"{preset.name} ({preset.family})",
                 best_step=stopper.best_step, keys=keys, ylabel=ylabel)
