@@ -262,7 +262,7 @@ def test_shipped_nano_checkpoint_is_the_default_recipe():
 
 def test_train_options_are_checked(tmp_path):
     r = run_cli("train", "nano-cnn", "--out", tmp_path, "--set", "colour=blue", "--quiet")
-    assert r.exit_code == 1 and "--set colour: not a bytecnn training option; valid: threads" in r.stderr
+    assert r.exit_code == 1 and "--set colour: not a bytecnn setting; known: max_iters, batch_size, lr" in r.stderr
     r = run_cli("train", "nano-cnn", "--out", tmp_path, "--resume", "--quiet")
     assert r.stderr.strip() == "edgekit: error: bytecnn training takes minutes and does not resume; run it again " \
                                "without --resume"

@@ -103,7 +103,7 @@ def _train(preset, hp: dict, model_args: dict, out, opts: TrainOptions) -> dict:
     save(best.best_step, {"val_loss": best.best}, metrics)
     summary = {"checkpoint": str(ckpt_path), "preset": preset.name, "family": "amn", "params": model.num_params(),
                "best_step": best.best_step, "steps": run.steps, "seconds": round(run.seconds, 1),
-               "best_val_loss": best.best, "stopped_by": run.stopped_by, "data": {"source": source, "ood": ood_source, "windows": sizes},
+               "best_val_loss": best.best, "stopped_by": run.stopped_by, "train_seconds": run.seconds, "data": {"source": source, "ood": ood_source, "windows": sizes},
                "metrics": metrics, "settings": hp}
     vectors.finish_run(out, preset=preset, summary=summary, history=run.history, stopper=best,
                        keys=("train_loss", "val_loss"), ylabel="MSE")

@@ -238,7 +238,7 @@ def _finish(preset_name: str, cfg: TrainDefaults, opts, out: Path, model, run, *
         "test_spearman_stratified": ranks["stratified"], "test_spearman_top50k": ranks["top50k"],
         "stratified_words_per_band": ranks["stratified_words"], "nonwords_per_batch": n_fake,
         "best_step": stopper.best_step, "steps": run.steps, "stopped_early": run.stopped_early,
-        "stopped_by": run.stopped_by, "seconds": round(seconds, 1), "jabberwocky_passed": jab["passed"],
+        "stopped_by": run.stopped_by, "seconds": round(seconds, 1), "train_seconds": run.seconds, "jabberwocky_passed": jab["passed"],
         "jabberwocky_words_passed": f"{jab['words_passed']}/{jab['words']}",
     }
     if dist.rank():

@@ -162,7 +162,7 @@ def _train(preset, opts: TrainOptions, out: Path, ctx) -> dict:
         **report, "checkpoint": str(best_path), "last_checkpoint": str(last_path), "steps": run.steps,
         "best_step": stopper.best_step, "best_val_loss": stopper.best,
         "final_train_loss": history.metrics["train_loss"][-1], "final_val_loss": history.metrics["val_loss"][-1],
-        "stopped_early": run.stopped_early, "stopped_by": run.stopped_by, "wall_seconds": wall,
+        "stopped_early": run.stopped_early, "stopped_by": run.stopped_by, "wall_seconds": wall, "train_seconds": wall,
         "world_size": ctx.world_size,
         # bs is the global batch (each rank trains on its bs / world rows): no factor of world_size
         "tokens_seen": (run.steps - run.start) * bs * block,

@@ -140,7 +140,7 @@ def _train(preset, hp: dict, model_args: dict, out, opts: TrainOptions) -> dict:
     save(best.best_step, {"val_loss": best.best}, metrics)
     summary = {"checkpoint": str(ckpt_path), "preset": preset.name, "family": "seqae", "params": model.num_params(),
                "best_step": best.best_step, "steps": run.steps, "seconds": round(run.seconds, 1),
-               "best_val_loss": best.best, "stopped_by": run.stopped_by, "data": {"source": source, "tokens": n_tokens}, "metrics": metrics,
+               "best_val_loss": best.best, "stopped_by": run.stopped_by, "train_seconds": run.seconds, "data": {"source": source, "tokens": n_tokens}, "metrics": metrics,
                "settings": hp}
     vectors.finish_run(out, preset=preset, summary=summary, history=run.history, stopper=best,
                        keys=("train_loss", "val_loss"), ylabel="hybrid loss (0.9 cos + 0.1 MSE)")
