@@ -71,16 +71,16 @@ class _Rows:
 
     def accept(self, nxt: np.ndarray, first: bool, eot: int | None, stop: tuple[str, ...], on_token) -> None:
         """Append each unfinished row's token ``nxt[b]``; end-of-text or a stop string finishes the row."""
-        done, reasons, texts = self.done, self.reasons, self.texts
-        for b in range(len(self.out)):
+        done, reasons, texts, out, rows = self.done, self.reasons, self.texts, self.out, self.rows
+        for b in range(len(out)):
             if done[b]:
                 continue
             tid = int(nxt[b])
             if eot is not None and tid == eot:
                 done[b], reasons[b] = True, "eot"
                 continue
-            self.out[b].append(tid)
-            self.rows[b].append(tid)
+            out[b].append(tid)
+            rows[b].append(tid)
             piece = self.decoders[b].push(tid, skip=self.healed[b][2] if first else 0)
             texts[b] += piece
             if stop and any(s in texts[b] for s in stop):
