@@ -155,7 +155,7 @@ def test_gpt_sampled_decode_as_fast_as_greedy(benchmark, gate, pair):
         s.append(out.tokens_per_s)
     check_same_tokens(first, out.token_ids, what="the same seed")
     in_top_k = check_top_k(model, ids, out.token_ids, k=40, floor=agreement_floor(lm))
-    assert lm._sampler_graph, "the export carries the in-graph sampler"
+    assert lm.sampler_in_graph, "the export carries the in-graph sampler"
     benchmark.pedantic(lambda: lm.run([ids], sampled), rounds=ROUNDS, iterations=1)
     _info(benchmark, lm, art, greedy_tokens_per_s=statistics.median(g), sampled_tokens_per_s=statistics.median(s),
           sampled_in_torch_top_k=in_top_k)

@@ -21,21 +21,19 @@ windows), so the window slides by a quarter block at a time and costs one prefil
 """
 from __future__ import annotations
 
-import os
-import statistics
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from edgekit.errors import EdgekitError, UsageError
+from edgekit.errors import UsageError
+from edgekit.runtime.gpt_hooks import (  # noqa: F401  (the family hooks, found here by family_runtime)
+    bench_metrics, bench_workload, quality_from_file, threads_ratio, weight_group)
+from edgekit.runtime.gpt_sampling import (  # noqa: F401  (re-exported: tests, benchmarks and export import them here)
+    MAX_NEW_TOKENS_LIMIT, MIN_TEMPERATURE, WINDOWS, SamplingOptions, penalize, sample_next)
 from edgekit.runtime.tokenizer import Tokenizer, from_spec
 
-MAX_NEW_TOKENS_LIMIT = 100_000
-WINDOWS = ("slide", "exact")
-
-MIN_TEMPERATURE = 1e-3  # logits / T in float32 (the in-graph sampler's type) overflows for smaller T: use 0 for greedy
 
 @dataclass
 class Generation:
@@ -57,88 +55,61 @@ class Generation:
                 "stop_reason": self.stop_reason, "window_slides": self.window_slides, "healed": self.healed}
 
 
-@dataclass(frozen=True)
-class SamplingOptions:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    heal: bool = True  # token healing: regenerate the prompt's last token so "import " can become "import sys"
-    window: str = "slide"  # slide: re-encode the last 3/4 block when full (fast); exact: nanoGPT's crop every step
-    repeat_penalty: float = 1.0  # llama.cpp's: logits of the last repeat_last_n tokens / penalty (if > 0) or * penalty; 1 = off
-    repeat_last_n: int = 64  # how many recent context tokens (prompt included) the penalty looks at; llama.cpp's default
+class _Rows:
+    """The per-row state of one ``run``: context ids (what the model sees), generated ids, text, stop reason."""
 
-    def validate(self, vocab: int) -> None:
-        if self.window not in WINDOWS:
-            raise UsageError(f"window must be one of {', '.join(WINDOWS)}; got {self.window!r}")
-        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \
-                or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise UsageError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT:,}; got {self.max_new_tokens!r}")
-        if not (isinstance(self.temperature, (int, float)) and (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= 100)):
-            raise UsageError(f"temperature must be 0 (greedy) or from {MIN_TEMPERATURE:g} to 100; got {self.temperature!r}")
-        if self.top_k is not None and not (isinstance(self.top_k, int) and 1 <= self.top_k <= vocab):
-            raise UsageError(f"top_k must be an integer from 1 to the vocabulary size {vocab}; got {self.top_k!r}")
-        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise UsageError(f"top_p must be in (0, 1]; got {self.top_p!r}")
-        if not (isinstance(self.repeat_penalty, (int, float)) and 0 < self.repeat_penalty <= 100
-                and np.isfinite(self.repeat_penalty)):
-            raise UsageError(f"repeat_penalty must be in (0, 100] (1 = off); got {self.repeat_penalty!r}")
-        if not isinstance(self.repeat_last_n, int) or isinstance(self.repeat_last_n, bool) or self.repeat_last_n < 0:
-            raise UsageError(f"repeat_last_n must be a non-negative integer (0 = off); got {self.repeat_last_n!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise UsageError("stop strings must be non-empty text")
+    def __init__(self, healed: list[tuple], keep: int, block_size: int, tokenizer: Tokenizer):
+        B = len(healed)
+        self.healed = healed  # per row: (ids, allowed first ids or None, prompt bytes to skip), from _heal
+        # a prompt that fits the block is fed whole; a longer one keeps what the window mode keeps
+        self.rows = [h[0] if len(h[0]) <= block_size else h[0][-keep:] for h in healed]
+        self.out: list[list[int]] = [[] for _ in range(B)]
+        self.done = np.zeros(B, dtype=bool)
+        self.reasons = ["length"] * B
+        self.texts = [""] * B
+        self.decoders = [tokenizer.stream_decoder() for _ in range(B)]
 
+    def accept(self, nxt: np.ndarray, first: bool, eot: int | None, stop: tuple[str, ...], on_token) -> None:
+        """Append each unfinished row's token ``nxt[b]``; end-of-text or a stop string finishes the row."""
+        done, reasons, texts, out, rows = self.done, self.reasons, self.texts, self.out, self.rows
+        for b in range(len(out)):
+            if done[b]:
+                continue
+            tid = int(nxt[b])
+            if eot is not None and tid == eot:
+                done[b], reasons[b] = True, "eot"
+                continue
+            out[b].append(tid)
+            rows[b].append(tid)
+            piece = self.decoders[b].push(tid, skip=self.healed[b][2] if first else 0)
+            texts[b] += piece
+            if stop and any(s in texts[b] for s in stop):
+                cut = min(texts[b].find(s) for s in stop if s in texts[b])
+                piece = piece[: max(0, len(piece) - (len(texts[b]) - cut))]
+                texts[b] = texts[b][:cut]
+                done[b], reasons[b] = True, "stop"
+            if on_token is not None and piece:
+                on_token(b, piece)
 
-def penalize(logits: np.ndarray, recent: np.ndarray, penalty: float) -> np.ndarray:
-    """llama.cpp's repetition penalty on (B, V) logits for the (B, N) recent ids: a seen token's logit
-    is divided by ``penalty`` when positive and multiplied otherwise, once however often it was seen."""
-    if penalty == 1.0 or recent.shape[1] == 0:
-        return logits
-    out = logits.copy()
-    seen = np.take_along_axis(logits, recent, axis=1)
-    p = np.float32(penalty)
-    np.put_along_axis(out, recent, np.where(seen > 0, seen / p, seen * p), axis=1)
-    return out
+    def flush(self, on_token) -> None:
+        """The decoders' last bytes (a character cut short), except after a stop string."""
+        for b, decoder in enumerate(self.decoders):
+            tail = decoder.flush()
+            if tail and self.reasons[b] != "stop":
+                self.texts[b] += tail
+                if on_token is not None:
+                    on_token(b, tail)
 
-
-def sample_next(logits: np.ndarray, opts: SamplingOptions, u: np.ndarray) -> np.ndarray:
-    """Next ids (B,) from logits (B, V) and one uniform per row: argmax, or temperature / top-k / top-p.
-
-    With ``top_k`` this is the exported Loop's sampler in numpy (float32, the k survivors sorted by
-    descending logit, ties to the lower id, inverse CDF over that order), so the first token and files
-    without the in-graph sampler draw what the graph draws. Without ``top_k`` every id is a candidate
-    and the inverse CDF runs over the vocabulary in id order (edgekit 0.2's sampler, unchanged).
-    """
-    if opts.temperature == 0:
-        return logits.argmax(axis=-1)
-    top_p = 1.0 if opts.top_p is None else opts.top_p
-    if opts.top_k is not None:
-        k = min(opts.top_k, logits.shape[-1])
-        idx = np.argsort(-logits, axis=-1, kind="stable")[:, :k]  # (B, k)
-        z = np.take_along_axis(logits, idx, axis=-1).astype(np.float32) / np.float32(opts.temperature)
-        e = np.exp(z - z.max(axis=-1, keepdims=True))
-        p = e / e.sum(axis=-1, keepdims=True)
-        c = np.cumsum(p, axis=-1)
-        q = np.where((c - p) < np.float32(top_p), p, np.float32(0))
-        c2 = np.cumsum(q, axis=-1)
-        thr = u.astype(np.float32)[:, None] * c2.max(axis=-1, keepdims=True)
-        pick = np.minimum((c2 < thr).sum(axis=-1), k - 1)
-        return np.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
-    z = logits.astype(np.float64) / opts.temperature
-    z -= z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
-    if top_p < 1:
-        order = np.argsort(-p, axis=-1)
-        sorted_p = np.take_along_axis(p, order, axis=-1)
-        keep_sorted = (np.cumsum(sorted_p, axis=-1) - sorted_p) < top_p  # always keeps the top token
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=-1)
-        p = np.where(keep, p, 0.0)
-        p /= p.sum(axis=-1, keepdims=True)
-    return (np.cumsum(p, axis=-1) < u.reshape(-1, 1)).sum(axis=-1).clip(max=p.shape[-1] - 1)
+    def generations(self, prompts_ids: list[list[int]], ttft: float | None, total: float,
+                    slides: int) -> list[Generation]:
+        """One Generation per row; the decode rate counts the longest row's tokens after the first."""
+        n_after_first = max(max(len(o) for o in self.out) - 1, 0)
+        rate = n_after_first / (total - ttft) if ttft is not None and total > ttft and n_after_first else 0.0
+        return [Generation(text=self.texts[b], token_ids=self.out[b], prompt_ids=list(prompts_ids[b]),
+                           ttft_ms=(ttft or total) * 1e3, tokens_per_s=rate, total_ms=total * 1e3,
+                           stop_reason=self.reasons[b], window_slides=slides,
+                           healed=int(self.healed[b][1] is not None))
+                for b in range(len(self.out))]
 
 
 class GPTModel:
@@ -171,6 +142,12 @@ class GPTModel:
         # exports since issue 14 also sample (top-k, top-p, temperature, repetition penalty) in the Loop
         self._sampler_graph = self._looped_graph and "uniforms" in inputs
         self._one = np.array(1, dtype=np.int64)
+
+    @property
+    def sampler_in_graph(self) -> bool:
+        """True when the file samples in its Loop (top-k, top-p, temperature, repetition penalty; exports
+        since issue 14); ``run`` then samples there (while ``loop`` is on) whenever greedy or ``top_k`` is set."""
+        return self._sampler_graph
 
     # ----- the decode engine (public: export's verification and the benchmarks drive it) ----------
     def empty_past(self, batch: int) -> list[ort.OrtValue]:
@@ -260,8 +237,9 @@ class GPTModel:
         allowed[extending] = True
         return ids[:-1], allowed, len(last)
 
-    def _prefill(self, rows: list[list[int]]):
-        """Left-pad rows to one length and run them; returns logits, presents, mask."""
+    def prefill(self, rows: list[list[int]]) -> tuple[np.ndarray, list[ort.OrtValue], np.ndarray]:
+        """Encode a batch of id lists from an empty cache, left-padded to one length: returns the last
+        position's logits (B, V), the presents (the next step's past) and the (B, T) int64 mask."""
         width = max(len(r) for r in rows)
         ids = np.zeros((len(rows), width), dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -271,6 +249,52 @@ class GPTModel:
         logits, past = self.step(ids, mask, self.empty_past(len(rows)))
         return logits, past, mask
 
+    def _decode_plan(self, opts: SamplingOptions, on_token) -> tuple[bool, int]:
+        """(looped, chunk): whether decoding runs many passes per onnxruntime call, and how many at most.
+
+        Greedy on a Loop graph: after the first token (Python, for token healing and an honest time to
+        first token), the graph runs many passes per call; ``run``'s ``pending`` holds the tokens it
+        returned. Streaming takes them in chunks of 16 so text still arrives within a few milliseconds.
+        Sampling with top-k runs in the Loop too when the file has the in-graph sampler; without top-k
+        every id is a candidate and the per-token numpy path stays (a full-vocab sort per pass in the
+        graph cost 6 ms)."""
+        in_graph = self._sampler_graph and (opts.temperature == 0.0 or opts.top_k is not None)
+        looped = self.loop and (in_graph or (opts.temperature == 0.0 and opts.repeat_penalty == 1.0))
+        return looped, 16 if on_token is not None else opts.max_new_tokens
+
+    def _sample(self, logits: np.ndarray, opts: SamplingOptions, rows: list[list[int]], rng: np.random.Generator,
+                healed: list[tuple] | None = None) -> np.ndarray:
+        """The next ids (B,) in numpy: repetition penalty, then (first token, ``healed`` given) only the ids
+        that extend a healed prompt's cut token, then ``sample_next``."""
+        logits = logits[:, : self.vocab_size]
+        if opts.repeat_penalty != 1.0 and opts.repeat_last_n:
+            logits = penalize(logits, self._recent(rows, opts), opts.repeat_penalty)
+        if healed is not None and any(h[1] is not None for h in healed):
+            logits = logits.copy()
+            for b, (_, allowed, _) in enumerate(healed):
+                if allowed is not None:
+                    logits[b, ~allowed[: logits.shape[1]]] = -np.inf
+        return sample_next(logits, opts, rng.random(len(rows)))
+
+    def _advance(self, nxt: np.ndarray, logits: np.ndarray, mask: np.ndarray, past: list[ort.OrtValue],
+                 io: ort.IOBinding, *, opts: SamplingOptions, rng: np.random.Generator, rows: list[list[int]],
+                 todo: int, looped: bool, chunk: int) -> tuple[np.ndarray, list[ort.OrtValue], list[np.ndarray]]:
+        """Feed ``nxt`` (B,) after ``mask`` grew by its column: one pass (new logits), or, when ``looped``
+        and more than one pass fits before the window slides, up to ``chunk`` passes in one Loop call whose
+        tokens come back as pending (logits unchanged). Returns (logits, presents, pending)."""
+        B = len(rows)
+        room = self.block_size - mask.shape[1] + 1  # passes that fit before the window must slide
+        if looped and todo > 1 and room > 1:
+            n = min(todo, room, chunk)
+            sampler = self._sampler_feed(opts, rng.random((n, B)), self._recent(rows, opts)) \
+                if self._sampler_graph else None
+            toks, past = self._greedy_steps(nxt.astype(np.int64).reshape(B, 1), mask, past, io, n, sampler)
+            # the call consumed nxt and every returned token but the last; the mask catches up as
+            # the tokens are popped in run (one column each), exactly as if they had been stepped
+            return logits, past, list(toks)
+        logits, past = self.step(nxt.astype(np.int64).reshape(B, 1), mask, past, io)
+        return logits, past, []
+
     def run(self, prompts_ids: list[list[int]], opts: SamplingOptions, on_token=None) -> list[Generation]:
         """Generate for a batch of token-id prompts with explicit ``SamplingOptions`` (no file defaults);
         on_token(b, piece) is called as text is produced. Returns one Generation per row."""
@@ -279,98 +303,33 @@ class GPTModel:
         rng = np.random.default_rng(opts.seed)  # one uniform per row and token, drawn in order
         eot = self.tokenizer.eot_id
         healed = [self._heal(list(p)) if opts.heal else (list(p), None, 0) for p in prompts_ids]
-        # a prompt that fits the block is fed whole; a longer one keeps what the window mode keeps
         keep = self.block_size if opts.window == "exact" else self._keep
-        rows = [h[0] if len(h[0]) <= self.block_size else h[0][-keep:] for h in healed]
-        out: list[list[int]] = [[] for _ in range(B)]
-        done = np.zeros(B, dtype=bool)
-        reasons = ["length"] * B
-        texts = [""] * B
-        decoders = [self.tokenizer.stream_decoder() for _ in range(B)]
-        slides = 0
+        st = _Rows(healed, keep, self.block_size, self.tokenizer)
+        looped, chunk = self._decode_plan(opts, on_token)
+        slides, ttft, pending = 0, None, []
         t0 = time.perf_counter()
-        logits, past, mask = self._prefill(rows)
-        ttft = None
+        logits, past, mask = self.prefill(st.rows)
         ones = np.ones((B, 1), dtype=np.int64)
         io = self._binding()
-        # greedy on a Loop graph: after the first token (Python, for token healing and an honest time to
-        # first token), the graph runs many passes per call; ``pending`` holds the tokens it returned.
-        # Streaming takes them in chunks of 16 so text still arrives within a few milliseconds.
-        # sampling with top-k runs in the Loop too when the file has the in-graph sampler; without
-        # top-k every id is a candidate and the per-token numpy path stays (a full-vocab sort per pass
-        # in the graph cost 6 ms)
-        in_graph = self._sampler_graph and (opts.temperature == 0.0 or opts.top_k is not None)
-        looped = self.loop and (in_graph or (opts.temperature == 0.0 and opts.repeat_penalty == 1.0))
-        chunk = 16 if on_token is not None else opts.max_new_tokens
-        pending: list[np.ndarray] = []
         for step in range(opts.max_new_tokens):
-            if pending:
-                nxt = pending.pop(0)
-            else:
-                logits = logits[:, : self.vocab_size]
-                if opts.repeat_penalty != 1.0 and opts.repeat_last_n:
-                    logits = penalize(logits, self._recent(rows, opts), opts.repeat_penalty)
-                if step == 0 and any(h[1] is not None for h in healed):
-                    logits = logits.copy()
-                    for b, (_, allowed, _) in enumerate(healed):
-                        if allowed is not None:
-                            logits[b, ~allowed[: logits.shape[1]]] = -np.inf
-                nxt = sample_next(logits, opts, rng.random(B))
-            for b in range(B):
-                if done[b]:
-                    continue
-                tid = int(nxt[b])
-                if eot is not None and tid == eot:
-                    done[b], reasons[b] = True, "eot"
-                    continue
-                out[b].append(tid)
-                rows[b].append(tid)
-                piece = decoders[b].push(tid, skip=healed[b][2] if step == 0 else 0)
-                texts[b] += piece
-                if opts.stop and any(s in texts[b] for s in opts.stop):
-                    cut = min(texts[b].find(s) for s in opts.stop if s in texts[b])
-                    piece = piece[: max(0, len(piece) - (len(texts[b]) - cut))]
-                    texts[b] = texts[b][:cut]
-                    done[b], reasons[b] = True, "stop"
-                if on_token is not None and piece:
-                    on_token(b, piece)
+            nxt = pending.pop(0) if pending else self._sample(logits, opts, st.rows, rng, healed if step == 0 else None)
+            st.accept(nxt, step == 0, eot, opts.stop, on_token)
             if ttft is None:
                 ttft = time.perf_counter() - t0
-            if done.all() or step == opts.max_new_tokens - 1:
+            if st.done.all() or step == opts.max_new_tokens - 1:
                 break
             if mask.shape[1] + 1 > self.block_size:  # full: re-encode the last `keep` tokens (see window)
                 slides += 1
-                rows = [r[-keep:] for r in rows]
-                logits, past, mask = self._prefill(rows)
+                st.rows = [r[-keep:] for r in st.rows]
+                logits, past, mask = self.prefill(st.rows)
                 continue
             mask = np.concatenate([mask, ones], axis=1)
-            if pending:
-                continue  # already computed by the last Loop call
-            todo = opts.max_new_tokens - step - 1
-            room = self.block_size - mask.shape[1] + 1  # passes that fit before the window must slide
-            if looped and todo > 1 and room > 1:
-                n = min(todo, room, chunk)
-                sampler = self._sampler_feed(opts, rng.random((n, B)), self._recent(rows, opts)) \
-                    if self._sampler_graph else None
-                toks, past = self._greedy_steps(nxt.astype(np.int64).reshape(B, 1), mask, past, io, n, sampler)
-                # the call consumed nxt and every returned token but the last; the mask catches up as
-                # the tokens are popped above (one column each), exactly as if they had been stepped
-                pending = list(toks)
-            else:
-                logits, past = self.step(nxt.astype(np.int64).reshape(B, 1), mask, past, io)
+            if not pending:  # else the last Loop call already computed this pass
+                logits, past, pending = self._advance(nxt, logits, mask, past, io, opts=opts, rng=rng, rows=st.rows,
+                                                      todo=opts.max_new_tokens - step - 1, looped=looped, chunk=chunk)
         total = time.perf_counter() - t0
-        for b in range(B):
-            tail = decoders[b].flush()
-            if tail and reasons[b] != "stop":
-                texts[b] += tail
-                if on_token is not None:
-                    on_token(b, tail)
-        n_after_first = max(max(len(o) for o in out) - 1, 0)
-        rate = n_after_first / (total - ttft) if ttft is not None and total > ttft and n_after_first else 0.0
-        return [Generation(text=texts[b], token_ids=out[b], prompt_ids=list(prompts_ids[b]),
-                           ttft_ms=(ttft or total) * 1e3, tokens_per_s=rate, total_ms=total * 1e3,
-                           stop_reason=reasons[b], window_slides=slides, healed=int(healed[b][1] is not None))
-                for b in range(B)]
+        st.flush(on_token)
+        return st.generations(prompts_ids, ttft, total, slides)
 
     # ----- public API ----------------------------------------------------------------------------
     def _opts(self, max_new_tokens, temperature, top_k, top_p, seed, stop, heal=True, repeat_penalty=1.0,
@@ -446,76 +405,3 @@ class GPTModel:
 def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None) -> GPTModel:
     return GPTModel(sess, meta, path=path, threads=threads)
 
-
-# ----- family hooks (edgekit bench, edgekit inspect) -------------------------------------------------
-def threads_ratio(path: str, *, prompt_ids: list[int], new_tokens: int = 48, rounds: int = 7) -> tuple[float, list]:
-    """Greedy decode tokens/s at 2 threads over 1 thread, rounds interleaved (one run), and the outputs.
-
-    Returns (ratio of medians, [tokens at 1 thread, tokens at 2 threads]) so callers can check the
-    answers are the same."""
-    from edgekit.runtime import load
-
-    lm1, lm2 = load(path, threads=1), load(path, threads=2)
-    opts = SamplingOptions(max_new_tokens=new_tokens, heal=False)
-    lm1.run([prompt_ids], opts), lm2.run([prompt_ids], opts)  # warm-up
-    one, two = [], []
-    for _ in range(rounds):
-        g1 = lm1.run([prompt_ids], opts)[0]
-        g2 = lm2.run([prompt_ids], opts)[0]
-        one.append(g1.tokens_per_s)
-        two.append(g2.tokens_per_s)
-    return statistics.median(two) / statistics.median(one), [g1.token_ids, g2.token_ids]
-
-
-def quality_from_file(meta: dict) -> dict:
-    """The export's own figures, stored in the file: worst held-out loss delta and greedy agreement over
-    the schemes it accepted (measured on the report half of its held-out tokens, not the half it chose on)."""
-    steps = [s for s in meta.get("verification", {}).get("steps", []) if s["step"].startswith("quantize:")]
-    accepted = [s["parity"] for s in steps if s["ok"]]
-    if not accepted:
-        return {}
-    return {"worst_scheme_val_loss_delta_pct": max(p["val_loss_delta_pct"] for p in accepted),
-            "worst_scheme_greedy_agreement": min(p["greedy_agreement"] for p in accepted)}
-
-
-def bench_metrics(lm: GPTModel, path: str, *, prompt: str = "def get_value(self, key):\n", new_tokens: int = 48,
-                  rounds: int = 7) -> dict:
-    """`edgekit bench` hook: metrics named as their budget keys (file_bytes_over_fp32, the export's worst-scheme
-    quality, threads2_vs_threads1; peak_rss_mb and import_runtime_s come from bench_model), plus the
-    unbudgeted absolute decode tokens/s and time to first token (medians over ``rounds``)."""
-    from edgekit.runtime.bench import fp32_bytes
-
-    ids = lm.tokenizer.encode(prompt)[:8]
-    opts = SamplingOptions(max_new_tokens=new_tokens, heal=False)
-    lm.run([ids], opts)  # warm-up
-    rates, ttfts = [], []
-    for _ in range(rounds):
-        g = lm.run([ids], opts)[0]
-        rates.append(g.tokens_per_s)
-        ttfts.append(g.ttft_ms)
-    out = {}
-    fp32 = fp32_bytes(lm.meta)
-    if fp32:
-        out["file_bytes_over_fp32"] = os.path.getsize(path) / fp32
-    out.update(quality_from_file(lm.meta))
-    ratio, (t1, t2) = threads_ratio(path, prompt_ids=ids, new_tokens=new_tokens, rounds=rounds)
-    if t1 != t2:
-        raise EdgekitError(f"{path}: 2 threads decode different tokens than 1 thread ({t1[:8]} vs {t2[:8]})")
-    out["threads2_vs_threads1"] = ratio
-    out["decode_tokens_per_s"] = statistics.median(rates)
-    out["ttft_ms"] = statistics.median(ttfts)
-    return out
-
-
-def bench_workload(lm: GPTModel) -> int:
-    """What a fresh process runs before `edgekit bench` reads its peak memory: 48 greedy tokens."""
-    return len(lm.generate("def get_", max_new_tokens=48).token_ids)
-
-
-def weight_group(name: str) -> str:
-    """`edgekit inspect` hook: which part of the model an initializer belongs to, for the size breakdown."""
-    if "wte" in name or "lm_head" in name:
-        return "token_embedding"
-    if "wpe" in name:
-        return "position_embedding"
-    return "transformer"

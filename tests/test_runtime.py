@@ -239,7 +239,7 @@ def test_loop_sampling_is_repeatable_and_matches_python_driven_sampling(tiny_som
     from edgekit.runtime import load
 
     looped, stepped = load(tiny_soma["onnx"], threads=1), load(tiny_soma["onnx"], threads=1)
-    assert looped._sampler_graph
+    assert looped.sampler_in_graph
     stepped.loop = False
     prompts = [looped.encode("def get_"), looped.encode("import os\nclass A:\n    x = ")]
     for opts in [SamplingOptions(max_new_tokens=150, temperature=0.8, top_k=40, seed=3, heal=False),
@@ -264,7 +264,7 @@ def test_repeat_penalty_breaks_greedy_loops_and_is_validated(lm):
     from edgekit.runtime.gpt import penalize
 
     ids = lm.encode("x = x + x + x + ")
-    logits = lm._prefill([ids])[0][:, : lm.vocab_size]
+    logits = lm.prefill([ids])[0][:, : lm.vocab_size]
     assert pen.token_ids[0] == int(penalize(logits, np.array([ids[-64:]]), 2.0).argmax())  # the prompt is in the window
     with pytest.raises(UsageError, match="repeat_penalty"):
         lm.generate("x", repeat_penalty=0)
