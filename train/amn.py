@@ -18,9 +18,7 @@ import torch.nn.functional as F
 from edgekit.errors import UsageError
 from edgekit.models.amn import AMN, PRESETS, AMNConfig
 from edgekit.options import TrainOptions
-from edgekit.train import distributed as dist
 from edgekit.train import vectors
-from edgekit.train.checkpoint import save_checkpoint
 from edgekit.train.common import log
 from edgekit.train.fit import fit
 
@@ -86,15 +84,9 @@ def _train(preset, hp: dict, model_args: dict, out, opts: TrainOptions) -> dict:
     ckpt_path = out / f"{preset.name}.pt"
     sample_x, sample_y = (t[:SAMPLE].cpu().clone() for t in data["test"])  # clone: a view saves the whole split
 
-    def save(step, figs, metrics=None):
-        if dist.rank():
-            return
-        save_checkpoint(ckpt_path, model=model, model_args=model_args, family="amn", tokenizer=None,
-                        iter_num=step, best_val_loss=figs["val_loss"],
-                        config={"preset": preset.name, "train": hp, "data": {"source": source, "ood": ood_source,
-                                                                              "windows": sizes},
-                                "metrics": metrics or {}},
-                        heldout_context=sample_x, heldout_next=sample_y)
+    save = vectors.best_saver(ckpt_path, model=model, model_args=model_args, family="amn", preset=preset.name, hp=hp,
+                              data={"source": source, "ood": ood_source, "windows": sizes},
+                              heldout_context=sample_x, heldout_next=sample_y)
 
     spec = vectors.fit_spec(model, hp=hp, batch=draw, loss=loss_fn, evaluate=figures, on_best=save)
     run = fit(spec, hp=hp, desc=f"train {preset.name}", progress_bar=opts.progress, time_budget=opts.time_budget)

@@ -17,9 +17,7 @@ import torch.nn.functional as F
 
 from edgekit.models.seqae import PRESETS, SeqAE, SeqAEConfig
 from edgekit.options import TrainOptions
-from edgekit.train import distributed as dist
 from edgekit.train import vectors
-from edgekit.train.checkpoint import save_checkpoint
 from edgekit.train.common import log
 from edgekit.train.fit import fit
 
@@ -118,14 +116,10 @@ def _train(preset, hp: dict, model_args: dict, out, opts: TrainOptions) -> dict:
     ckpt_path = out / f"{preset.name}.pt"
     sample_ids, sample_len = (t[:SAMPLE].cpu().clone() for t in data["test"])  # clone: a view saves the whole split
 
-    def save(step, figs, metrics=None):
-        if dist.rank():
-            return
-        save_checkpoint(ckpt_path, model=model, model_args=model_args, family="seqae", tokenizer=None,
-                        iter_num=step, best_val_loss=figs["val_loss"],
-                        config={"preset": preset.name, "train": hp, "data": {"source": source, "sequences": {
-                            k: len(v) for k, v in seqs.items()}, "tokens": n_tokens}, "metrics": metrics or {}},
-                        heldout_ids=sample_ids, heldout_lengths=sample_len)
+    save = vectors.best_saver(ckpt_path, model=model, model_args=model_args, family="seqae", preset=preset.name,
+                              hp=hp, data={"source": source, "sequences": {k: len(v) for k, v in seqs.items()},
+                                           "tokens": n_tokens},
+                              heldout_ids=sample_ids, heldout_lengths=sample_len)
 
     spec = vectors.fit_spec(model, hp=hp, batch=draw, loss=loss_fn, evaluate=figures, on_best=save)
     run = fit(spec, hp=hp, desc=f"train {preset.name}", progress_bar=opts.progress, time_budget=opts.time_budget)

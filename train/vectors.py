@@ -386,6 +386,22 @@ def run(family_train, preset, opts):
         return family_train(preset, s.train, s.model, out, opts)
 
 
+def best_saver(path, *, model, model_args, family: str, preset: str, hp: dict, data: dict, **heldout):
+    """``fit``'s on_best for seqae and amn: rank 0 writes the checkpoint (config: preset, train settings,
+    data, the metrics so far) with a few held-out samples for export's verification."""
+    from edgekit.train import distributed as dist
+    from edgekit.train.checkpoint import save_checkpoint
+
+    def save(step, figs, metrics=None):
+        if dist.rank():
+            return
+        save_checkpoint(path, model=model, model_args=model_args, family=family, tokenizer=None, iter_num=step,
+                        best_val_loss=figs["val_loss"],
+                        config={"preset": preset, "train": hp, "data": data, "metrics": metrics or {}}, **heldout)
+
+    return save
+
+
 def fit_spec(model, *, hp: dict, batch, loss, evaluate, on_best):
     """The vector families' TrainSpec: 50 warmup steps, clipped gradients, early stopping on val loss."""
     from edgekit.train.fit import Schedule, TrainSpec
