@@ -6,6 +6,7 @@ compare the exact error line. The time budget has its own tiny run per family.
 """
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,37 @@ def test_time_budget_stops_within_it_and_says_so(tmp_path, family):
     # the loop stops at the first step past the budget, after one last evaluation: within a few steps of it
     assert budget <= s["train_seconds"] < budget + 5.0
     assert f"time budget of {budget:g}s spent: stopped at step {s['steps']}" in r.stderr
+
+
+def _infer_input(family: str, tmp_path) -> list[str]:
+    """What `edgekit infer` takes for each family: a prompt, words, or .npy vectors (random, right shape)."""
+    rng = np.random.default_rng(0)
+    if family in ("seqae", "amn"):
+        path = tmp_path / f"{family}.npy"
+        np.save(path, rng.standard_normal((17 if family == "seqae" else 5, 384)).astype(np.float32))
+        return [str(path)]
+    return {"gpt": ["def get_"], "bytecnn": ["the", "brillig"]}[family]
+
+
+def test_registry_families_all_have_a_tiny_run_here():
+    """A family added to the registry must join this table, and so the round trip below."""
+    from edgekit.registry import FAMILIES as REGISTERED
+
+    assert set(REGISTERED) == set(FAMILIES)
+
+
+def test_every_family_round_trips_export_runtime_infer_and_bench(tiny, tmp_path):
+    """Registry coverage: each family's tiny checkpoint exports with the defaults, loads in the runtime as
+    its family, answers `edgekit infer` and gives `edgekit bench --json` rows."""
+    from edgekit.runtime import load
+
+    onnx_path = tmp_path / f"{tiny['family']}.onnx"
+    r = run_cli("export", tiny["summary"]["checkpoint"], "-o", onnx_path, "--threads", 1, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert load(onnx_path, threads=1).family == tiny["family"]
+    r = run_cli("infer", onnx_path, *_infer_input(tiny["family"], tmp_path), "--threads", 1)
+    assert r.exit_code == 0 and r.stdout.strip(), r.output
+    r = run_cli("bench", onnx_path, "--json")
+    assert r.exit_code in (0, 3), r.output  # 3: a tiny model may break a budget; the rows are what is checked
+    bench = json.loads(r.stdout)
+    assert bench["family"] == tiny["family"] and bench["rows"]
