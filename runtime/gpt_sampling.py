@@ -69,6 +69,24 @@ def penalize(logits: np.ndarray, recent: np.ndarray, penalty: float) -> np.ndarr
     return out
 
 
+def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) ids of the k largest logits per row, by descending logit, ties to the lower id: what a stable
+    argsort of -logits gives (and onnxruntime's TopK), in O(V) with argpartition instead of a full sort
+    (a stable sort of 50k logits cost ~4 ms, most of a sampled first token on phase3)."""
+    B, V = logits.shape
+    if k >= V:
+        return np.argsort(-logits, axis=-1, kind="stable")
+    out = np.empty((B, k), dtype=np.int64)
+    for b in range(B):
+        row = logits[b]
+        kth = row[np.argpartition(-row, k - 1)[k - 1]]  # the k-th largest value
+        above = np.flatnonzero(row > kth)
+        tied = np.flatnonzero(row == kth)[: k - len(above)]  # ties at the boundary: the lowest ids
+        cand = np.concatenate([above, tied])
+        out[b] = cand[np.lexsort((cand, -row[cand]))]
+    return out
+
+
 def sample_next(logits: np.ndarray, opts: SamplingOptions, u: np.ndarray) -> np.ndarray:
     """Next ids (B,) from logits (B, V) and one uniform per row: argmax, or temperature / top-k / top-p.
 
@@ -82,7 +100,7 @@ def sample_next(logits: np.ndarray, opts: SamplingOptions, u: np.ndarray) -> np.
     top_p = 1.0 if opts.top_p is None else opts.top_p
     if opts.top_k is not None:
         k = min(opts.top_k, logits.shape[-1])
-        idx = np.argsort(-logits, axis=-1, kind="stable")[:, :k]  # (B, k)
+        idx = top_k_ids(logits, k)  # (B, k)
         z = np.take_along_axis(logits, idx, axis=-1).astype(np.float32) / np.float32(opts.temperature)
         e = np.exp(z - z.max(axis=-1, keepdims=True))
         p = e / e.sum(axis=-1, keepdims=True)

@@ -270,3 +270,18 @@ def test_repeat_penalty_breaks_greedy_loops_and_is_validated(lm):
         lm.generate("x", repeat_penalty=0)
     with pytest.raises(UsageError, match="repeat_last_n"):
         lm.generate("x", repeat_penalty=1.1, repeat_last_n=-1)
+
+
+def test_top_k_ids_is_a_stable_descending_sort_prefix():
+    """The numpy first-token sampler's top-k (argpartition) picks exactly what a stable argsort of -logits
+    and the graph's TopK pick: descending logits, ties to the lower id, boundary ties included."""
+    import numpy as np
+
+    from edgekit.runtime.gpt_sampling import top_k_ids
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        V, B = int(rng.integers(2, 200)), int(rng.integers(1, 4))
+        k = int(rng.integers(1, V + 1))
+        x = (rng.integers(-3, 3, size=(B, V)) if trial % 2 else rng.standard_normal((B, V))).astype(np.float32)
+        assert (top_k_ids(x, k) == np.argsort(-x, axis=-1, kind="stable")[:, :k]).all(), (V, B, k)
