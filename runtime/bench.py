@@ -63,7 +63,10 @@ def fresh_process(path: str, rounds: int = 3) -> dict:
     function feeds `edgekit bench` and the pytest suite so the budget keys mean the same thing."""
     runs = []
     for _ in range(rounds):
-        r = subprocess.run([sys.executable, "-c", _FRESH.format(path=str(path))], capture_output=True, text=True)
+        # -P: the child must import the installed edgekit, not an `edgekit/` folder in the working directory
+        # (a source checkout's root holds one without the package-dir mapping)
+        r = subprocess.run([sys.executable, "-P", "-c", _FRESH.format(path=str(os.path.abspath(path)))],
+                           capture_output=True, text=True)
         if r.returncode:
             raise EdgekitError(f"a fresh process could not load {path}: {r.stderr.strip()[-300:]}")
         runs.append(json.loads(r.stdout))

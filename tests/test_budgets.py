@@ -63,3 +63,28 @@ def test_edgekit_bench_on_the_shipped_model_uses_the_default_budgets():
     assert len(budgeted) >= 4 and all(row["source"] and row["ok"] for row in budgeted), res["rows"]
     assert {"file_bytes_over_fp32", "worst_scheme_greedy_agreement", "threads2_vs_threads1",
             "peak_rss_mb", "import_runtime_s"} <= {row["metric"] for row in budgeted}
+
+
+def test_edgekit_bench_from_a_plain_pip_install(tmp_path):
+    """`pip install .` into a fresh venv (no torch, not editable): the default budgets ship as package data,
+    `edgekit bench` on the shipped soma gives >= 4 budgeted rows and exits 0, an impossible budget exits 3.
+    Run from the checkout's root, where a source `edgekit/` folder could shadow the installed package."""
+    import json
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    edgekit = str(venv / "bin" / "edgekit")
+    model = "examples/reference/soma-stdlib.onnx"
+    r = subprocess.run([edgekit, "bench", model, "--json"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    rows = [row for row in json.loads(r.stdout)["rows"] if row["budget"]]
+    assert len(rows) >= 4 and all(row["source"] for row in rows)
+    impossible = tmp_path / "impossible.toml"
+    impossible.write_text('[gpt]\nimport_runtime_s = { max = 1e-9, unit = "s", source = "impossible" }\n')
+    r = subprocess.run([edgekit, "bench", model, "--budget", str(impossible)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 3 and "BROKEN budget gpt.import_runtime_s" in r.stdout, (r.stdout, r.stderr)
+    torch_free = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True)
+    assert torch_free.returncode != 0  # the plain install pulls no torch
