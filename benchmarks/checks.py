@@ -14,14 +14,20 @@ class AnswerError(AssertionError):
     """A benchmark's measured run gave a wrong answer: the timing does not count."""
 
 
-def torch_greedy_agreement(model, prompt_ids: list[int], tokens: list[int]) -> float:
-    """Fraction of ``tokens`` that equal PyTorch's argmax given the same prefix (prompt + the runtime's own
-    earlier tokens), in one teacher-forced forward pass: free-running divergence after one near-tie
-    does not count against every later token, a wrong token at any position does."""
+def teacher_forced_logits(model, prompt_ids: list[int], tokens: list[int]) -> torch.Tensor:
+    """PyTorch's logits for each of ``tokens`` given the same prefix (prompt + the runtime's own earlier
+    tokens), (len(tokens), V), in one forward pass."""
     seq = torch.tensor([list(prompt_ids) + list(tokens)], dtype=torch.int64)
     with torch.inference_mode():
         logits, _ = model(seq[:, :-1])
-    want = logits[0, len(prompt_ids) - 1:].argmax(-1).tolist()
+    return logits[0, len(prompt_ids) - 1:]
+
+
+def torch_greedy_agreement(model, prompt_ids: list[int], tokens: list[int]) -> float:
+    """Fraction of ``tokens`` that equal PyTorch's argmax given the same prefix, teacher forced:
+    free-running divergence after one near-tie does not count against every later token, a wrong token
+    at any position does."""
+    want = teacher_forced_logits(model, prompt_ids, tokens).argmax(-1).tolist()
     return float(np.mean([a == b for a, b in zip(tokens, want)])) if tokens else 0.0
 
 
@@ -48,10 +54,7 @@ def check_top_k(model, prompt_ids: list[int], tokens: list[int], *, k: int, floo
     tokens given the same prefix. Returns that fraction."""
     if not tokens:
         raise AnswerError("sampling returned no tokens")
-    seq = torch.tensor([list(prompt_ids) + list(tokens)], dtype=torch.int64)
-    with torch.inference_mode():
-        logits, _ = model(seq[:, :-1])
-    top = logits[0, len(prompt_ids) - 1:].topk(k, dim=-1).indices.tolist()
+    top = teacher_forced_logits(model, prompt_ids, tokens).topk(k, dim=-1).indices.tolist()
     share = float(np.mean([t in row for t, row in zip(tokens, top)]))
     if share < floor:
         raise AnswerError(f"only {share:.3f} of sampled tokens are in PyTorch's top {k} (floor {floor})")
