@@ -99,7 +99,10 @@ def first_line(e: BaseException) -> str:
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    return model.ByteSize()
+    """Bytes on disk: the proto plus any external data it points to (export/weights.py)."""
+    from edgekit.export.weights import total_bytes
+
+    return total_bytes(model)
 
 
 @contextlib.contextmanager
@@ -167,20 +170,43 @@ def check_dynamic(before: onnx.ModelProto, after: onnx.ModelProto, *, step: str)
 
 
 def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxsim with dynamic shapes kept symbolic; the caller verifies outputs afterwards."""
+    """onnxsim with dynamic shapes kept symbolic; the caller verifies outputs afterwards.
+
+    Weights stored outside the proto (export/weights.py) go to onnxsim as graph inputs of their shape, so
+    it never loads them: it simplifies the graph, and a weight has nothing to fold (edgekit's graphs
+    apply no op to a weight before its MatMul, Gather or LayerNorm).
+    """
     import onnxsim
 
+    from edgekit.export.weights import is_external
+
+    lifted = [t for t in model.graph.initializer if is_external(t)]
+    work = model
+    if lifted:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        keep = [t for t in work.graph.initializer if not is_external(t)]
+        del work.graph.initializer[:]
+        work.graph.initializer.extend(keep)
+        work.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in lifted)
     with _quiet():
         try:
             # MatMul+Add -> Gemm needs 2-D inputs, so on (B, T, C) activations it wraps every projection in
             # Shape/Slice/Concat/Reshape chains: more nodes, slower decoding. Keep MatMul+Add.
-            simplified, ok = onnxsim.simplify(model, check_n=0, perform_optimization=False,
+            simplified, ok = onnxsim.simplify(work, check_n=0, perform_optimization=False,
                                               skip_shape_inference=False,
                                               skipped_optimizers=["fuse_matmul_add_bias_into_gemm"])
         except Exception as e:
             raise ExportError(f"onnxsim failed: {str(e).splitlines()[0][:200]}") from e
     if not ok:
         raise ExportError("onnxsim could not validate the simplified model")
+    if lifted:
+        names = {t.name for t in lifted}
+        inputs = [i for i in simplified.graph.input if i.name not in names]
+        del simplified.graph.input[:]
+        simplified.graph.input.extend(inputs)
+        used = {x for n in simplified.graph.node for x in n.input}
+        simplified.graph.initializer.extend(t for t in lifted if t.name in used)
     check_dynamic(model, simplified, step="simplify")
     return simplified
 
@@ -250,13 +276,29 @@ def embed_metadata(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
     return model
 
 
-def write_model(model: onnx.ModelProto, *, path: str | os.PathLike, meta: dict) -> Path:
-    """Embed metadata and write one self-contained .onnx atomically (no external data, < 2 GB)."""
+def write_model(model: onnx.ModelProto, *, path: str | os.PathLike, meta: dict, store=None) -> Path:
+    """Embed metadata and write the model atomically: one self-contained .onnx when it fits protobuf's
+    2 GB, else the .onnx plus its weights as ONNX external data in ``<path>.data`` (needs the ``store``
+    its weights live in: export/weights.py). A stale ``<path>.data`` from an earlier export is removed."""
+    from edgekit.export.weights import PROTO_LIMIT, external_bytes, total_bytes
+
     model = embed_metadata(model, meta)
-    if model.ByteSize() >= 2 * 1024**3:
-        raise ExportError("model is 2 GB or larger; a single-file .onnx cannot hold it")
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
+    data = path.with_name(path.name + ".data")
+    if total_bytes(model) <= PROTO_LIMIT:
+        if external_bytes(model):
+            model = store.inline(model)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString())
+        data.unlink(missing_ok=True)
+        return path
+    if store is None or not external_bytes(model):
+        raise ExportError(f"model is {total_bytes(model) / 1e9:.2f} GB: a single .onnx holds at most 2 GB, and only "
+                          "fp32 weights are written as external data")
+    with atomic_path(data) as tmp_data:
+        model = store.write_external(model, path, tmp_data)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString())
     return path

@@ -1,4 +1,5 @@
-"""GPT export spec: one prefill+decode KV-cache graph, simplified, fused, quantized, verified at every step.
+"""GPT export spec: one prefill+decode KV-cache graph, simplified, fused, quantized, verified at every step,
+in memory bounded by the weights, from a 1M-parameter toy to gpt2-xl.
 
     report = export(load_checkpoint("runs/p3/phase3.pt"), ExportOptions(out="phase3.onnx", quant="auto"))
     print(report.table())
@@ -6,34 +7,46 @@
 The stages are the one pipeline's (export/pipeline.py); this module declares GPT's part of them. The graph
 lives in gpt_graph.py, the schemes in gpt_quant.py, the probes and checks in gpt_verify.py.
 
+Memory: the checkpoint is memory-mapped (its AdamW state is never read); the model is built on PyTorch's
+meta device around the checkpoint's own tensors; the fp32 graph's weights go to a work file next to the
+output one tensor at a time (export/weights.py) and PyTorch lets go of them once the probes are made;
+onnxruntime maps that file (prepacking off) to check the fp32 graphs; each quantized candidate is built
+one tensor at a time and is the only full copy in memory. Peak RSS stays under 3x the fp32 weights.
+
 Budgets (issue: export that deployers trust): fp32 steps keep max |logit difference| <= pipeline.FP32_TOL
 against PyTorch; quantized graphs keep the held-out loss within 1% and greedy top-1 agreement >= 95%
-(teacher forced on PyTorch's own greedy continuations of at least 8 prompts x 32 tokens). ``quant="auto"``
-picks the smallest scheme that passes and is not slower than fp32 at decoding on this CPU.
+(teacher forced on PyTorch's own greedy continuations of at least 8 prompts x 32 tokens), on both halves
+of the held-out tokens. ``quant="auto"`` picks the smallest scheme that passes (export/pipeline.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
-from edgekit.export import common, gpt_verify, pipeline
+from edgekit.errors import ExportError
+from edgekit.export import common, gpt_verify, pipeline, weights
 from edgekit.export.common import ExportReport
-from edgekit.export.gpt_graph import _sampler_nodes, optimize, prepare_model, to_graph  # noqa: F401 (tests import them here)
-from edgekit.export.gpt_quant import SCHEMES, Int4Search, quantize
+from edgekit.export.gpt_graph import optimize, prepare_model, to_graph  # noqa: F401 (tests import them here)
+from edgekit.export.gpt_loop import _sampler_nodes  # noqa: F401 (tests import it here)
+from edgekit.export.gpt_quant import INT4_LADDER, INT8_NBITS, SCHEMES, WHOLE_MODEL, build, quantize_whole
 from edgekit.export.gpt_verify import check, loop_check, make_probes, verification_data, within_budget
 from edgekit.options import ExportOptions
 from edgekit.runtime.gpt import GPTModel, SamplingOptions
+from edgekit.runtime.modelfile import session_options
 from edgekit.runtime.tokenizer import from_spec
 from edgekit.train.checkpoint import Checkpoint
 
-SIZE_TIE = 0.05  # auto: files within 5% of the smallest are "as small"; the fastest of them wins
-SPEED_NOISE = 0.03  # "not slower than fp32": decode time per token within 3% counts as equal on a noisy machine
-FUSION_NOISE = 0.11  # fusions cut the node count ~40%; only a clear (>10% fewer tokens/s) slowdown rejects them
+SIZE_TIE = 0.05  # auto: files within 5% of the smallest may win on speed (pipeline.SPEED_MARGIN)
 DECODE_TOKENS = 48  # the timed workload: greedy decode of this many tokens after an 8-token prompt
+SKIP_LOSERS_PARAMS = 50_000_000  # above this, auto does not build schemes that cannot win (each costs minutes)
 
 
 class GPTExport(pipeline.ExportSpec):
@@ -47,14 +60,19 @@ class GPTExport(pipeline.ExportSpec):
     # fastest; int8-dynamic keeps a second int8 copy for its Gather (~2 B/param) and is asked for by name
     int8 = "int8-nbits"
     output_desc = "logit"
-    speed_noise = SPEED_NOISE
     size_tie = SIZE_TIE
+    speed_veto = None  # every GPT scheme decodes with int8 kernels (or MatMulInteger): none is vetoed by speed
     timing = {"rounds": 5, "calls": 1, "warmup": 1}
 
     def __init__(self, ckpt: Checkpoint, opts: ExportOptions, say):
         super().__init__(ckpt, opts, say)
         torch.set_num_threads(opts.torch_threads())
         self.model, self.cfg = prepare_model(ckpt)
+        self.params = sum(p.numel() for p in self.model.parameters())  # the tied matrix once
+        self.fp32_bytes = 4 * self.params
+        out = Path(opts.out)
+        self._refuse_unwritable(opts.quant)
+        weights.check_disk_space(out.parent if str(out.parent) else ".", 2 * self.fp32_bytes + (64 << 20))
         self.tok_spec = ckpt.tokenizer or {"kind": "gpt2"}
         self.tok = from_spec(self.tok_spec)
         if ckpt.meta_path is not None:
@@ -67,105 +85,184 @@ class GPTExport(pipeline.ExportSpec):
         if "warning" in info:
             say(f"[edgekit] warning: {info['warning']}")
         self.data_info = info
+        t0 = time.time()
         # choose on the first half of val, report on the second
         self.probe, self.report_probe = make_probes(self.model, self.val)
+        say(f"[edgekit] PyTorch reference: {self.params:,} parameters, probes in {time.time() - t0:.0f}s")
         self.calib = np.stack([train[s:s + block] for s in np.linspace(0, len(train) - block - 1, 16).astype(int)])
         self.meta = {"family": "gpt", "config": self.cfg, "vocab_size": self.tok.n_vocab, "tokenizer": self.tok_spec,
                      "special_tokens": {"eot": self.tok.eot_id}, "block_size": block,
                      "generation": {"max_new_tokens": 64, "temperature": 0.0},
                      "window": {"keep": block - block // 4}}
-        self.threads = opts.threads
-        self.extra = {"verification_data": info, "threads": {"torch": torch.get_num_threads(), "onnxruntime": self.threads}}
+        self.threads = opts.threads  # what the model will run with: the timings behind auto use it
+        self.check_threads = opts.torch_threads()  # checks: every core unless --threads / OMP_NUM_THREADS cap it
+        self.extra = {"verification_data": info, "threads": {"torch": torch.get_num_threads(), "checks": self.check_threads,
+                                                             "timing": self.threads}}
+        self.store = weights.WeightStore.beside(out)
         self._engines: dict[int, tuple[onnx.ModelProto, GPTModel]] = {}
-        self._select: dict[str, dict] = {}
+        self._figures: dict[str, tuple[dict, dict]] = {}
+
+    def _refuse_unwritable(self, quant: str) -> None:
+        """Schemes this model cannot take, refused before any long work."""
+        if self.fp32_bytes > weights.PROTO_LIMIT and quant in WHOLE_MODEL:
+            raise ExportError(f"--quant {quant} quantizes the whole fp32 model in memory, which must be under 2 GB; "
+                              f"this model's fp32 weights are {self.fp32_bytes / 1e9:.1f} GB: use int8 or int4")
+
+    # ----- sessions ------------------------------------------------------------------------------------
+    def session(self, m: onnx.ModelProto, *, threads: int | None = None) -> GPTModel:
+        """A GPTModel over ``m``: a graph with weights in the work file is opened by path (onnxruntime maps
+        the file; prepacking off, so the weights are not copied), a self-contained one from memory."""
+        threads = threads or self.check_threads
+        if weights.external_bytes(m):
+            so = session_options(threads)
+            so.add_session_config_entry("session.disable_prepacking", "1")
+            path = self.store.save(m, f"graph-{len(self._engines)}-{id(m)}.onnx")
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        else:
+            sess = common.session(m, threads=threads)
+        return GPTModel(sess, self.meta, threads=threads)
 
     def engine(self, m: onnx.ModelProto) -> GPTModel:
-        """One onnxruntime session per graph, reused by the checks and the timer."""
+        """One session per graph for the checks, reused by them."""
         if id(m) not in self._engines:
-            self._engines[id(m)] = (m, GPTModel(common.session(m, threads=self.threads), self.meta, threads=self.threads))
+            self._engines[id(m)] = (m, self.session(m))
         return self._engines[id(m)][1]
 
+    def _forget(self, *keep: onnx.ModelProto) -> None:
+        """Close the sessions of every graph but ``keep`` (each fp32 session maps the whole weight file)."""
+        ids = {id(k) for k in keep}
+        self._engines = {k: v for k, v in self._engines.items() if k in ids}
+        gc.collect()
+
+    # ----- pipeline hooks ------------------------------------------------------------------------------
     def export_graph(self):
-        return to_graph(self.model), None, ""
+        t0 = time.time()
+        graph = to_graph(self.model, self.store)
+        self.say(f"[edgekit] graph traced; {self.fp32_bytes / 1e9:.2f} GB of fp32 weights written to the work "
+                 f"file in {time.time() - t0:.0f}s")
+        # PyTorch is done (the probes hold its answers): let go of the checkpoint's mapped tensors
+        self.model = None
+        self.ckpt.state_dict, self.ckpt.extra = {}, {}
+        gc.collect()
+        return graph, None, ""
 
     def exact(self, m, step):
+        self._forget(m)  # one fp32 session at a time: each maps the whole weight file
         return {"max_abs_diff": check(self.engine(m), self.probe)["max_abs_diff"]}
 
     def optimize(self, simplified, record):
-        """onnxruntime's transformer fusions, kept when exact and not clearly slower at decoding."""
+        """onnxruntime's transformer fusions (SkipLayerNorm, BiasGelu), kept when exact. Always faster at
+        decoding here (40% fewer nodes), so no timing decides it: the same checkpoint gives the same graph."""
         t0 = time.time()
         try:
             fused = optimize(simplified, self.cfg)
             common.check_dynamic(simplified, fused, step="optimize")
+            self._forget(simplified)
             diff = check(self.engine(fused), self.probe)["max_abs_diff"]
-            secs = pipeline.interleaved({"before": self.workload("fp32", simplified),
-                                         "after": self.workload("fp32", fused)}, rounds=3)
-            ok = diff <= self.fp32_tol
-            keep = ok and pipeline.not_slower(secs["after"], secs["before"], FUSION_NOISE)
-            note = "" if ok else f"max |logit diff| {diff:.2e} > {self.fp32_tol:g}; fusions skipped"
-            record("optimize", fused, t0, {"max_abs_diff": diff, "nodes_before": len(simplified.graph.node),
-                                           "nodes_after": len(fused.graph.node), "tok_s_before": round(1 / secs["before"]),
-                                           "tok_s_after": round(1 / secs["after"]), "kept": keep}, True, note)
-            return fused if keep else simplified
         except Exception as e:  # noqa: BLE001 - the fusions are optional: report why, keep the simplified graph
             record("optimize", simplified, t0, {"kept": False}, True, f"skipped: {common.first_line(e)}")
             return simplified
+        ok = diff <= self.fp32_tol
+        record("optimize", fused, t0, {"max_abs_diff": diff, "nodes_before": len(simplified.graph.node),
+                                       "nodes_after": len(fused.graph.node), "kept": ok}, True,
+               "" if ok else f"max |logit diff| {diff:.2e} > {self.fp32_tol:g}; fusions skipped")
+        return fused if ok else simplified
+
+    def narrow(self, choice):
+        """Smallest first (SCHEMES' order); the whole-model schemes only under 2 GB of fp32 weights."""
+        if self.fp32_bytes > weights.PROTO_LIMIT and choice.auto:
+            self.extra["skipped"] = {s: "needs the whole fp32 model in memory (over 2 GB)" for s in WHOLE_MODEL}
+            return dataclasses.replace(choice, candidates=tuple(c for c in choice.candidates if c not in WHOLE_MODEL))
+        return choice
+
+    def skip_losers(self) -> bool:
+        return self.params > SKIP_LOSERS_PARAMS
+
+    def _progress(self, what: str):
+        def show(i: int, n: int) -> None:
+            if i == n or i % max(1, n // 4) == 0:
+                self.say(f"[edgekit] {what}: {i}/{n} weights quantized")
+        return show if self.params > SKIP_LOSERS_PARAMS else None
 
     def quantize(self, base, recipe):
-        if recipe != "int4":
-            return quantize(base, scheme=recipe, calib=self.calib, cfg=self.cfg)
-
-        def measure(m):  # a session per trial, not kept: the search tries one mix per weight
-            e = GPTModel(common.session(m, threads=self.threads), self.meta, threads=self.threads)
-            return e, check(e, self.probe)
-
-        q, meta, eng, f = Int4Search(base).run(measure)
-        self._engines[id(q)] = (q, eng)
-        self._select[recipe] = f  # the search already checked its pick on the select half
-        self._four_bit_share = meta["four_bit_weight_share"]
-        return q, meta
+        self._forget(base)
+        if recipe in WHOLE_MODEL:
+            return quantize_whole(base, self.store, scheme=recipe, calib=self.calib, cfg=self.cfg)
+        if recipe == "int8-nbits":
+            q, meta = build(base, self.store, INT8_NBITS, progress=self._progress(recipe))
+            return q, {"scheme": recipe, **meta}
+        tried = []
+        for mix in INT4_LADDER:  # smallest first: the first rung inside the budget on both halves wins
+            q, meta = build(base, self.store, mix, progress=self._progress(f"int4 ({mix.tied.describe()} tied)"))
+            eng = self.engine(q)
+            f = check(eng, self.probe)
+            r = check(eng, self.report_probe) if within_budget(f) else None
+            tried.append({"tied": meta["tied"], "blocks": meta["blocks"], "bytes": common.model_bytes(q),
+                          "select_val_loss_delta_pct": round(f["val_loss_delta_pct"], 4),
+                          "select_greedy_agreement": round(f["greedy_agreement"], 4)})
+            self.say(f"[edgekit] int4 rung: tied {meta['tied']}; blocks {meta['blocks']}: "
+                     f"{tried[-1]['bytes'] / 1e6:.1f} MB, val loss {f['val_loss_delta_pct']:+.2f}%, "
+                     f"agreement {f['greedy_agreement']:.3f}" + ("" if r is None or within_budget(r) else " (report half fails)"))
+            self._figures[recipe] = (f, r)
+            if r is not None and within_budget(r):
+                break
+            self._forget(base)
+        return q, {"scheme": recipe, **meta, "ladder": tried}
 
     def check_quant(self, q, recipe):
         """The budget must hold on both halves; the figures reported (and stored) are the report half's,
-        which no choice was tuned on (int4's search tuned on the select half)."""
+        which no choice was tuned on (int4's ladder chose its rung on the select half)."""
         eng = self.engine(q)
-        f = self._select.pop(recipe, None) or check(eng, self.probe)
-        r = check(eng, self.report_probe)
+        f, r = self._figures.pop(recipe, (None, None))
+        f = f or check(eng, self.probe)
+        r = r or check(eng, self.report_probe)
         ok = within_budget(f) and within_budget(r)
         bad = f if not within_budget(f) else r
         note = "" if ok else (f"val loss {bad['val_loss_delta_pct']:+.2f}% (budget {gpt_verify.VAL_LOSS_DELTA_PCT}%), "
                               f"greedy agreement {bad['greedy_agreement']:.3f} (budget {gpt_verify.GREEDY_AGREEMENT}) "
                               f"on the {'select' if bad is f else 'report'} half")
-        figs = {"val_loss_delta_pct": r["val_loss_delta_pct"], "greedy_agreement": r["greedy_agreement"],
+        if not ok:
+            self._forget()
+        return {"val_loss_delta_pct": r["val_loss_delta_pct"], "greedy_agreement": r["greedy_agreement"],
                 "max_abs_diff": r["max_abs_diff"], "select_val_loss_delta_pct": f["val_loss_delta_pct"],
-                "select_greedy_agreement": f["greedy_agreement"]}
-        if recipe == "int4":
-            figs["four_bit_weight_share"] = self._four_bit_share
-        return figs, note
+                "select_greedy_agreement": f["greedy_agreement"]}, note
 
     def workload(self, name, m):
-        """Greedy decode of DECODE_TOKENS tokens; the runtime's own decode rate, so seconds per decoded token."""
-        e, prompt = self.engine(m), [int(t) for t in self.val[:8]]
+        """Greedy decode of DECODE_TOKENS tokens at the deployment's threads: seconds per decoded token."""
+        e, prompt = self.session(m, threads=self.threads), [int(t) for t in self.val[:8]]
         opts = SamplingOptions(max_new_tokens=DECODE_TOKENS, heal=False)
         return lambda: 1.0 / e.run([prompt], opts)[0].tokens_per_s
 
     def speed_figures(self, report, seconds):
         speeds = {k: 1.0 / v for k, v in seconds.items()}
         report.extra["decode_tokens_per_s"] = speeds
-        self.say(f"[edgekit] decode tokens/s (1 prompt, {DECODE_TOKENS} tokens, best of {self.timing['rounds']}): "
-                 + ", ".join(f"{k} {v:,.0f}" for k, v in speeds.items()))
+        if speeds:
+            self.say(f"[edgekit] decode tokens/s at {self.threads} thread(s) (1 prompt, {DECODE_TOKENS} tokens, best of "
+                     f"{self.timing['rounds']}): " + ", ".join(f"{k} {v:,.0f}" for k, v in speeds.items()))
         return speeds
 
     def finalize(self, m, scheme, record):
-        return loop_check(m, self.engine(m), self.probe, self.meta, self.threads, self.tok.eot_id, record)
+        self._forget(m)
+        return loop_check(m, self.engine(m), self.probe, lambda g, fresh=False: self.session(g), self.tok.eot_id, record)
+
+    def write(self, model, meta):
+        self._forget()
+        common.write_model(model, path=self.opts.out, meta=meta, store=self.store)
+        if weights.total_bytes(model) > weights.PROTO_LIMIT:
+            self.say(f"[edgekit] the weights are over 2 GB: written as ONNX external data in {self.opts.out}.data "
+                     "(keep it beside the .onnx file)")
+
+    def close(self):
+        self._engines.clear()
+        self.store.close()
 
     def metadata(self, report: ExportReport, scheme, recipe, figures, speeds):
         n = len(self.val)
         return {**self.meta, "quantization": recipe, "verification": {
             "steps": [dataclasses.asdict(s) for s in report.steps], "final": figures,
             "torch_val_loss": self.report_probe.torch_loss, "decode_tokens_per_s": speeds, "data": self.data_info,
-            "auto": report.extra.get("auto"),
-            "slices": {"select": f"held-out tokens [0, {n // 2}): int4's search and which schemes pass (auto's choice)",
+            "auto": report.extra.get("auto"), "threads": self.extra["threads"],
+            "slices": {"select": f"held-out tokens [0, {n // 2}): int4's ladder and which schemes pass (auto's choice)",
                        "report": f"held-out tokens [{n // 2}, {n}): every figure reported (val_loss_delta_pct, "
                                  "greedy_agreement); the budget must hold here too"},
             "budgets": {"fp32_max_abs_diff": self.fp32_tol, "val_loss_delta_pct": gpt_verify.VAL_LOSS_DELTA_PCT,

@@ -2,7 +2,7 @@
 fusions, and the single-call generation Loop with its in-graph sampler.
 
     step = to_graph(model)                  # (input_ids, attention_mask, *past) -> (logits, *present)
-    looped = wrap_loop(optimize(common.simplify(step), cfg), eot=50256)
+    looped = gpt_loop.wrap_loop(optimize(common.simplify(step), cfg), eot=50256)
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 import torch
 
+import edgekit
 from edgekit.errors import ExportError
 from edgekit.export import common, rewrites
-from edgekit.models.gpt import GPT
+from edgekit.models.gpt import GPT, GPTConfig
 from edgekit.runtime.tokenizer import from_spec
 from edgekit.train.checkpoint import Checkpoint
 
@@ -98,26 +99,42 @@ def io_names(n_layer: int) -> tuple[list[str], list[str]]:
 
 
 def prepare_model(ckpt: Checkpoint) -> tuple[GPT, dict]:
-    """The checkpoint's model, its lm head trimmed to the tokenizer (nanoGPT pads GPT-2's 50,257 to 50,304)."""
-    model = ckpt.build_model()
+    """The checkpoint's model without a copy of its weights, its LM head trimmed to the tokenizer
+    (nanoGPT pads GPT-2's 50,257 to 50,304).
+
+    The model is built on PyTorch's meta device and then takes the checkpoint's own tensors
+    (``load_state_dict(assign=True)``): a memory-mapped checkpoint stays on disk until the probes
+    read it, and nothing is initialised only to be overwritten (a gpt2-xl init alone is 6 GB).
+    The vocabulary trim is a view of the same storage. Non-fp32 weights (a half-precision checkpoint)
+    are converted one tensor at a time.
+    """
+    cfg = GPTConfig(**{k: v for k, v in ckpt.model_args.items() if k in GPTConfig.__dataclass_fields__})
     tok = from_spec(ckpt.tokenizer or {"kind": "gpt2"})
-    cfg = model.config
     if tok.n_vocab > cfg.vocab_size:
         raise ExportError(f"tokenizer has {tok.n_vocab} ids but the model only {cfg.vocab_size}; wrong --meta?")
-    if tok.n_vocab < cfg.vocab_size:
-        trimmed = GPT(dataclasses.replace(cfg, vocab_size=tok.n_vocab))
-        state = {k: (v[: tok.n_vocab] if k in ("transformer.wte.weight", "lm_head.weight") else v)
-                 for k, v in model.state_dict().items()}
-        trimmed.load_state_dict(state)
-        model = trimmed.eval()
-    return model, model.config.to_dict()
+    n = tok.n_vocab
+    state = {k: (v if v.dtype == torch.float32 else v.float()) for k, v in ckpt.state_dict.items()}
+    for k in ("transformer.wte.weight", "lm_head.weight"):
+        if k in state and state[k].shape[0] > n:
+            state[k] = state[k][:n]
+    if "lm_head.weight" not in state and "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    try:
+        with torch.device("meta"):
+            model = GPT(dataclasses.replace(cfg, vocab_size=n))
+        model.load_state_dict(state, strict=True, assign=True)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as e:
+        first = next((ln.strip() for ln in str(e).split(". ") if "size mismatch" in ln or "Missing" in ln
+                      or "Unexpected" in ln), str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise ExportError(f"checkpoint {ckpt.path}: weights do not match model_args ({first[:200]})") from None
+    model.transformer.wte.weight = model.lm_head.weight  # assign replaced the tied Parameter with two
+    return model.eval(), model.config.to_dict()
 
 
-def to_graph(model: GPT) -> onnx.ModelProto:
-    """torch.onnx.export (dynamo) of the KV-cache step with dynamic batch, sequence and past."""
-    cfg = model.config
+def _example(cfg: GPTConfig):
+    """Example inputs and dynamic shapes for the exporter."""
     hs = cfg.n_embd // cfg.n_head
-    past_names, present_names = io_names(cfg.n_layer)
+    past_names, _ = io_names(cfg.n_layer)
     B, T, P = 2, 3, 2
     ids = torch.randint(0, cfg.vocab_size, (B, T))
     mask = torch.ones(B, P + T, dtype=torch.long)
@@ -127,50 +144,121 @@ def to_graph(model: GPT) -> onnx.ModelProto:
     plen = torch.export.Dim("past_sequence", min=0, max=cfg.block_size)
     dyn = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: torch.export.Dim.AUTO},
            "past": tuple({0: batch, 2: plen} for _ in past_names)}
-    m = common.to_onnx(_CachedLM(model).eval(), args=(ids, mask, *past), input_names=["input_ids", "attention_mask", *past_names],
-                       output_names=["logits", *present_names], dynamic_shapes=dyn,
-                       custom_translation_table=_attention_to_onnx())
+    return (ids, mask, *past), dyn
+
+
+def _graph_passes():
+    """onnxscript's optimizer passes as torch.onnx.export(optimize=True) runs them, less the initializer
+    deduplication, which hashes every weight (the weights are on disk and distinct by construction)."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as cp
+    from onnxscript import rewriter
+    from onnxscript.optimizer import _constant_folding as cf
+
+    fold = ir.passes.PassManager([cf.FoldConstantsPass(shape_inference=True,
+                                                      input_size_limit=cf.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                                                      output_size_limit=cf.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT),
+                                  rewriter.RewritePass(rewriter._DEFAULT_REWRITE_RULES), cp.RemoveUnusedNodesPass(),
+                                  cp.RemoveUnusedFunctionsPass(), cp.RemoveUnusedOpsetsPass()],
+                                 steps=2, early_stop=True)
+    return ir.passes.Sequential(cp.InlinePass(), fold, cp.RemoveUnusedNodesPass(),
+                                cp.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                                cp.LiftSubgraphInitializersToMainGraphPass(), cp.CommonSubexpressionEliminationPass(),
+                                cp.OutputFixPass(), cp.NameFixPass())
+
+
+def _weight(state: dict, name: str) -> np.ndarray:
+    """The values of the exported graph's initializer ``name`` from the model's own tensors: the
+    exporter names them after _CachedLM's parameters (``model.<state key>``, ``..._t`` transposed)."""
+    key = name[len("model."):] if name.startswith("model.") else name
+    if key.endswith(".weight_t"):
+        return state[key[:-2]].detach().numpy().T
+    return state[key].detach().numpy()
+
+
+def to_graph(model: GPT, store) -> onnx.ModelProto:
+    """torch.onnx.export (dynamo) of the KV-cache step with dynamic batch, sequence and past, its weights
+    written into ``store`` (export/weights.py) one tensor at a time.
+
+    The graph is traced from a twin of the model on PyTorch's meta device, so the exporter never holds
+    the weights; each initializer then points at its tensor in the store. The result is a small
+    ModelProto whatever the model's size.
+    """
+    import onnx_ir as ir
+
+    cfg = model.config
+    with torch.device("meta"):
+        twin = GPT(cfg).eval()
+    args, dyn = _example(cfg)
+    past_names, present_names = io_names(cfg.n_layer)
+    with common._quiet(), torch.no_grad():
+        try:
+            prog = torch.onnx.export(_CachedLM(twin).eval(), args, input_names=["input_ids", "attention_mask", *past_names],
+                                     output_names=["logits", *present_names], dynamic_shapes=dyn, dynamo=True,
+                                     external_data=False, opset_version=common.OPSET, optimize=False,
+                                     custom_translation_table=_attention_to_onnx())
+        except Exception as e:
+            raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0][:200]}") from e
+    state = model.state_dict(keep_vars=True)
+    graph = prog.model
+    for name, value in graph.graph.initializers.items():
+        t = store.put(name, _weight(state, name).astype(np.float32, copy=False))
+        value.const_value = ir.serde.deserialize_tensor(t, base_path=str(store.folder))
+    with common._quiet():
+        _graph_passes()(graph)
+    m = ir.serde.serialize_model(graph)
+    for node in m.graph.node:  # the exporter's per-node trace (FX names, stack traces with local paths)
+        del node.metadata_props[:]
     # the exporter names derived dims (P+T) itself; give them stable names
     for vi in list(m.graph.input) + list(m.graph.output):
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param and d.dim_param not in ("batch", "sequence", "past_sequence"):
                 d.dim_param = "total_sequence"
+    m.doc_string = f"exported by edgekit {edgekit.__version__}"
     return m
 
 
-def untie_head(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give the LM head its own (C, V) initializer as a plain MatMul, so quantizers can reach it.
+def token_gather(model: onnx.ModelProto) -> onnx.NodeProto:
+    """The Gather that reads the token embedding: its indices are the graph's ``input_ids``."""
+    inits = {i.name for i in model.graph.initializer}
+    node = next((n for n in model.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"
+                 and n.input[0] in inits), None)
+    if node is None:
+        raise ExportError("could not find the token embedding (a Gather of input_ids)")
+    return node
 
-    Tied weights reach the head as Gemm(transB=1) or MatMul(Transpose(wte)); onnxruntime's quantizers
-    only quantize MatMuls whose weight is an initializer, and a head left in fp32 is the slow path.
-    The head is the projection that reads the token embedding's own initializer (the table the
-    ``input_ids`` Gather reads), whatever the vocabulary size: a character model's 65 x 384 head is
-    as much the head as GPT-2's 50,257 x 96 one.
-    """
-    m = _copy(model)
-    inits = {i.name: i for i in m.graph.initializer}
-    producers = {o: n for n in m.graph.node for o in n.output}
-    wte = next((n.input[0] for n in m.graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"
-                and n.input[0] in inits), None)
-    if wte is None:
-        raise ExportError("could not find the token embedding (a Gather of input_ids) to untie the LM head from")
-    for node in m.graph.node:
+
+def lm_head(model: onnx.ModelProto) -> onnx.NodeProto:
+    """The LM head: the projection that reads the token embedding's own (tied) initializer, as
+    Gemm(transB=1) or MatMul(Transpose(wte)) (the exporter emits either)."""
+    wte = token_gather(model).input[0]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
         if node.op_type == "Gemm" and len(node.input) == 2 and node.input[1] == wte:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            if attrs.get("transB", 0) != 1 or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0:
-                continue
-        elif not (node.op_type == "MatMul" and node.input[1] in producers
-                  and producers[node.input[1]].op_type == "Transpose" and producers[node.input[1]].input[0] == wte):
-            continue
-        w = onnx.numpy_helper.to_array(inits[wte])  # (V, C)
-        name = "lm_head.weight_t"
-        m.graph.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(w.T), name))
-        new = onnx.helper.make_node("MatMul", [node.input[0], name], list(node.output), name="lm_head_matmul")
-        idx = list(m.graph.node).index(node)
-        m.graph.node.remove(node)
-        m.graph.node.insert(idx, new)
-        return _prune(m)
-    raise ExportError("could not find the LM head (Gemm/MatMul on the token embedding) to untie")
+            if attrs.get("transB", 0) == 1 and not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0:
+                return node
+        if node.op_type == "MatMul" and node.input[1] in producers \
+                and producers[node.input[1]].op_type == "Transpose" and producers[node.input[1]].input[0] == wte:
+            return node
+    raise ExportError("could not find the LM head (Gemm/MatMul on the token embedding)")
+
+
+def untie_head(model: onnx.ModelProto, store=None) -> onnx.ModelProto:
+    """Give the LM head its own (C, V) initializer as a plain MatMul, for onnxruntime's whole-model
+    quantizers (quantize_dynamic, quantize_static), which only quantize MatMuls whose weight is an
+    initializer. The block-quantized schemes do not need it: they quantize the tied matrix once."""
+    m = _copy(model)
+    head, wte = lm_head(m), token_gather(m).input[0]
+    t = next(i for i in m.graph.initializer if i.name == wte)
+    w = np.ascontiguousarray(np.asarray(store.read(t) if store is not None else onnx.numpy_helper.to_array(t)).T)
+    name = "lm_head.weight_t"
+    m.graph.initializer.append(store.put(name, w) if store is not None else onnx.numpy_helper.from_array(w, name))
+    new = onnx.helper.make_node("MatMul", [head.input[0], name], list(head.output), name="lm_head_matmul")
+    idx = list(m.graph.node).index(head)
+    m.graph.node.remove(head)
+    m.graph.node.insert(idx, new)
+    return _prune(m)
 
 
 _copy = rewrites.copy_model
@@ -207,173 +295,3 @@ def optimize(model: onnx.ModelProto, cfg: dict) -> onnx.ModelProto:
     if not any(o.domain == "com.microsoft" for o in m.opset_import):  # fused ops live in onnxruntime's domain
         m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return m
-
-
-# ----- the single-call generation loop ---------------------------------------------------------------
-def _sampler_nodes(p: str, logits: str, token: str) -> list[onnx.NodeProto]:
-    """The in-graph sampler: repetition penalty, top-k, temperature, top-p and an inverse-CDF draw.
-
-    Reads (from the enclosing graph) ``temperature`` and ``top_p`` (float scalars), ``top_k`` (int64
-    (1,)), ``repeat_penalty`` (float scalar), and from the loop state ``recent_ids`` (B, N) and the
-    step's uniform ``u`` (B,). Writes ``token`` (B, 1) int64. Greedy is the same path with top_k 1
-    (TopK keeps the lower index on ties, as ArgMax does). The draw runs over the k survivors sorted
-    by descending probability: ``count(cumsum(p) < u * sum(p))`` (runtime.gpt.sample_next mirrors it).
-    Repetition penalty as llama.cpp's: a logit of a token among the last N is divided by the penalty
-    when positive, multiplied when not, once per distinct token (duplicates scatter the same value).
-    """
-    from onnx import TensorProto as TP
-    from onnx import helper as h
-
-    def const(name, dtype, dims, vals):
-        return h.make_node("Constant", [], [name], value=h.make_tensor(name, dtype, dims, vals))
-
-    outer = {"temperature", "top_k", "top_p", "repeat_penalty"}  # read from the enclosing graph
-
-    def n(op, ins, outs, **kw):
-        return h.make_node(op, [x if x in outer else p + x for x in ins], [p + o for o in outs], **kw)
-
-    return [
-        h.make_node("GatherElements", [logits, p + "recent_ids"], [p + "seen"], axis=1),  # (B, N)
-        const(p + "f0", TP.FLOAT, [], [0.0]),
-        n("Greater", ["seen", "f0"], ["seen_pos"]),
-        n("Div", ["seen", "repeat_penalty"], ["seen_div"]),
-        n("Mul", ["seen", "repeat_penalty"], ["seen_mul"]),
-        n("Where", ["seen_pos", "seen_div", "seen_mul"], ["seen_new"]),
-        h.make_node("ScatterElements", [logits, p + "recent_ids", p + "seen_new"], [p + "penalized"], axis=1),
-        n("TopK", ["penalized", "top_k"], ["kv", "ki"], axis=-1, largest=1, sorted=1),  # (B, k) each
-        n("Div", ["kv", "temperature"], ["kz"]),
-        n("Softmax", ["kz"], ["kp"], axis=-1),
-        const(p + "ax1", TP.INT64, [], [1]),
-        n("CumSum", ["kp", "ax1"], ["kc"]),
-        n("Sub", ["kc", "kp"], ["before"]),
-        n("Less", ["before", "top_p"], ["keep"]),  # nucleus: always keeps the most likely token
-        n("Where", ["keep", "kp", "f0"], ["kq"]),
-        n("CumSum", ["kq", "ax1"], ["kc2"]),
-        const(p + "ax1v", TP.INT64, [1], [1]),
-        n("ReduceMax", ["kc2", "ax1v"], ["total"], keepdims=1),  # (B, 1)
-        n("Unsqueeze", ["u", "ax1v"], ["u2"]),  # (B, 1)
-        n("Mul", ["u2", "total"], ["thr"]),
-        n("Less", ["kc2", "thr"], ["below"]),
-        n("Cast", ["below"], ["below_i"], to=TP.INT64),
-        n("ReduceSum", ["below_i", "ax1v"], ["pick"], keepdims=1),  # (B, 1)
-        const(p + "i1", TP.INT64, [], [1]),
-        n("Sub", ["top_k", "i1"], ["kmax"]),
-        n("Min", ["pick", "kmax"], ["pick_c"]),
-        h.make_node("GatherElements", [p + "ki", p + "pick_c"], [token], axis=1),  # (B, 1)
-    ]
-
-
-def _const(name, dtype, dims, vals) -> onnx.NodeProto:
-    return onnx.helper.make_node("Constant", [], [name], value=onnx.helper.make_tensor(name, dtype, dims, vals))
-
-
-def _loop_body(g: onnx.GraphProto, in_names: list[str], past: list[str], present: list[str],
-               eot: int | None) -> onnx.GraphProto:
-    """wrap_loop's body: the step's nodes (prefixed ``loop.``), the sampler, and the state carried to the next pass."""
-    from onnx import TensorProto as TP
-    from onnx import helper as h
-
-    def renamed(pre: str, mapping: dict[str, str]) -> list[onnx.NodeProto]:
-        """The step's nodes with every internal name prefixed (subgraphs may not shadow outer names)
-        and its graph inputs and outputs mapped as given."""
-        nodes = []
-        for node in g.node:
-            n = onnx.NodeProto()
-            n.CopyFrom(node)
-            n.input[:] = [mapping.get(x, pre + x) if x else x for x in n.input]
-            n.output[:] = [mapping.get(x, pre + x) if x else x for x in n.output]
-            if n.name:
-                n.name = pre + n.name
-            nodes.append(n)
-        return nodes
-
-    inits = {i.name for i in g.initializer}
-    keep = {n: n for n in inits}  # weights come from the outer scope under their own names
-    vi = lambda n, t=TP.FLOAT: h.make_tensor_value_info(n, t, None)  # noqa: E731
-
-    p = "loop."
-    body_nodes = renamed(p, {**keep, **{n: p + n for n in in_names}, "logits": p + "logits"})
-    body_nodes += [h.make_node("Gather", ["uniforms", p + "iter"], [p + "u"], axis=0)]  # (B,)
-    body_nodes += _sampler_nodes(p, p + "logits", p + "next")  # (B, 1)
-    body_nodes += [
-        h.make_node("Shape", [p + "next"], [p + "b1"]),
-        h.make_node("ConstantOfShape", [p + "b1"], [p + "ones"], value=h.make_tensor("one", TP.INT64, [1], [1])),
-        h.make_node("Concat", [p + "attention_mask", p + "ones"], [p + "mask_out"], axis=1),
-        _const(p + "axis1", TP.INT64, [1], [1]),
-        _const(p + "int_max", TP.INT64, [1], [2**62]),
-        h.make_node("Slice", [p + "recent_ids", p + "axis1", p + "int_max", p + "axis1"], [p + "recent_tail"]),
-        h.make_node("Concat", [p + "recent_tail", p + "next"], [p + "recent_out"], axis=1),
-        h.make_node("Squeeze", [p + "next", p + "axis1"], [p + "token"]),  # (B,)
-        _const(p + "eot", TP.INT64, [], [-1 if eot is None else int(eot)]),
-        h.make_node("Equal", [p + "token", p + "eot"], [p + "is_eot"]),
-        h.make_node("Cast", [p + "is_eot"], [p + "is_eot_i"], to=TP.INT64),
-        h.make_node("ReduceMin", [p + "is_eot_i"], [p + "all_eot"], keepdims=0),
-        h.make_node("Cast", [p + "all_eot"], [p + "all_eot_b"], to=TP.BOOL),
-        h.make_node("Not", [p + "all_eot_b"], [p + "cond_out"]),
-        # logits leave the loop only for a single step: (B, V) when steps == 1, (B, 0) otherwise
-        _const(p + "zero", TP.INT64, [1], [0]),
-        h.make_node("Slice", [p + "logits", p + "zero", "logits_width", p + "axis1"], [p + "logits_out"]),
-    ]
-    body = h.make_graph(
-        body_nodes, "decode_step",
-        [h.make_tensor_value_info(p + "iter", TP.INT64, []), h.make_tensor_value_info(p + "cond", TP.BOOL, []),
-         vi(p + "input_ids", TP.INT64), vi(p + "attention_mask", TP.INT64), vi(p + "recent_ids", TP.INT64)]
-        + [vi(p + n) for n in past],
-        [h.make_tensor_value_info(p + "cond_out", TP.BOOL, []), vi(p + "next", TP.INT64), vi(p + "mask_out", TP.INT64),
-         vi(p + "recent_out", TP.INT64)]
-        + [vi(p + n) for n in present] + [vi(p + "token", TP.INT64), vi(p + "logits_out")])
-    return body
-
-
-def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
-    """Put the decode step and the sampler inside an ONNX ``Loop``, so a generation is one onnxruntime call.
-
-    The file keeps the step's inputs and outputs and adds the inputs ``steps`` (int64 scalar),
-    ``uniforms`` (steps, B) float, one draw in [0, 1) per pass and row (numpy draws them from the
-    seed, so sampling stays repeatable), ``temperature``, ``top_p`` and ``repeat_penalty`` (float
-    scalars), ``top_k`` (int64 (1,)) and ``recent_ids`` (B, N), the last N context tokens the
-    repetition penalty looks at, and one output, ``tokens`` (k, B). Pass 1 consumes ``input_ids``,
-    every later pass the previous pass's token, so ``tokens[i]`` is the token after pass i (greedy:
-    top_k 1, temperature 1, top_p 1, penalty 1); the loop stops early once every row's token is
-    ``eot``, and the presents are those after the last pass. ``steps=1`` is the plain step and
-    returns ``logits`` (1, B, V); for ``steps>1`` ``logits`` is (k, B, 0): copying 50k logits out of
-    every pass cost more than the loop saved. The Loop sits at the top level on purpose: nested in an
-    ``If`` it ran 4x slower here. The weights stay in the outer graph and the body reads them from the
-    enclosing scope, so the file grows only by a few nodes.
-    """
-    from onnx import TensorProto as TP
-    from onnx import helper as h
-
-    g = step.graph
-    in_names = [i.name for i in g.input]
-    out_names = [o.name for o in g.output]
-    if in_names[:2] != ["input_ids", "attention_mask"] or out_names[0] != "logits":
-        raise ExportError(f"unexpected step graph signature {in_names[:2]} -> {out_names[:1]}")
-    past, present = in_names[2:], out_names[1:]
-    body = _loop_body(g, in_names, past, present, eot)
-    outer_nodes = [
-        _const("one", TP.INT64, [], [1]),
-        h.make_node("Equal", ["steps", "one"], ["single_step"]),
-        h.make_node("Cast", ["single_step"], ["single_step_i"], to=TP.INT64),
-        _const("all_columns", TP.INT64, [1], [2**62]),
-        h.make_node("Mul", ["single_step_i", "all_columns"], ["logits_width"]),
-        _const("true", TP.BOOL, [], [True]),
-        h.make_node("Loop", ["steps", "true", "input_ids", "attention_mask", "recent_ids", *past],
-                    ["last_ids", "last_mask", "last_recent", *present, "tokens", "logits"], body=body, name="generate"),
-    ]
-    inputs = list(g.input) + [h.make_tensor_value_info("steps", TP.INT64, []),
-                              h.make_tensor_value_info("uniforms", TP.FLOAT, ["steps", "batch"]),
-                              h.make_tensor_value_info("temperature", TP.FLOAT, []),
-                              h.make_tensor_value_info("top_k", TP.INT64, [1]),
-                              h.make_tensor_value_info("top_p", TP.FLOAT, []),
-                              h.make_tensor_value_info("repeat_penalty", TP.FLOAT, []),
-                              h.make_tensor_value_info("recent_ids", TP.INT64, ["batch", "recent"])]
-    outputs = [h.make_tensor_value_info("logits", TP.FLOAT, ["steps_run", "batch", "logits_width"])]
-    outputs += list(g.output)[1:] + [h.make_tensor_value_info("tokens", TP.INT64, ["steps_run", "batch"])]
-    graph = h.make_graph(outer_nodes, g.name or "edgekit_gpt", inputs, outputs, list(g.initializer))
-    m = h.make_model(graph, opset_imports=list(step.opset_import), ir_version=step.ir_version,
-                     producer_name=step.producer_name)
-    m.doc_string = step.doc_string
-    onnx.checker.check_model(m)
-    return m
-

@@ -16,9 +16,16 @@ from edgekit.runtime.modelfile import META_KEY, parse_metadata
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> int:
+    if t.data_location == onnx.TensorProto.EXTERNAL:  # weights in <file>.data (models over 2 GB): not read
+        return int({e.key: e.value for e in t.external_data}.get("length", 0))
     if t.raw_data:
         return len(t.raw_data)
     return int(onnx.numpy_helper.to_array(t).nbytes)
+
+
+def _external_size(model_path: str, location: str) -> int | None:
+    p = os.path.join(os.path.dirname(os.path.abspath(model_path)), location)
+    return os.path.getsize(p) if os.path.isfile(p) else None
 
 
 def _one_group(name: str) -> str:
@@ -42,7 +49,7 @@ def inspect_model(path: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise ModelFileError(f"model file {path!r} does not exist")
     try:
-        m = onnx.load(path)
+        m = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and others for corrupt files
         raise ModelFileError(f"{path} is not an ONNX model ({type(e).__name__})") from None
     meta = parse_metadata({p.key: p.value for p in m.metadata_props}.get(META_KEY), path=path)
@@ -56,7 +63,10 @@ def inspect_model(path: str | os.PathLike) -> dict:
     tok = meta.get("tokenizer") or {}
     shown["tokenizer"] = {k: (f"<{len(v.split())} ranks inline>" if k == "ranks" else
                               f"<{len(v)} characters inline>" if k == "itos" else v) for k, v in tok.items()}
-    return {"path": path, "file_bytes": os.path.getsize(path), "metadata": shown,
+    external = sorted({e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                       for e in t.external_data if e.key == "location"})
+    extra = {"external_data": {x: _external_size(path, x) for x in external}} if external else {}
+    return {"path": path, "file_bytes": os.path.getsize(path), "metadata": shown, **extra,
             "operators": dict(ops.most_common()), "size_breakdown": dict(sizes),
             "inputs": {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input},
             "outputs": {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in m.graph.output}}
@@ -66,6 +76,8 @@ def render(info: dict) -> str:
     meta = info["metadata"]
     lines = [f"{info['path']}: {info['file_bytes']:,} bytes, family {meta['family']}, "
              f"edgekit {meta.get('edgekit_version', '?')}"]
+    for loc, size in info.get("external_data", {}).items():
+        lines.append(f"external data: {loc} ({'missing' if size is None else f'{size:,} bytes'}; keep it beside the .onnx)")
     lines.append("config: " + ", ".join(f"{k}={v}" for k, v in meta["config"].items()))
     if meta.get("tokenizer"):
         lines.append("tokenizer: " + ", ".join(f"{k}={v}" for k, v in meta["tokenizer"].items()))

@@ -11,10 +11,14 @@
 - a quantized candidate must pass the family's quality check; ``--quant <scheme>`` fails when none of its
   recipes does, ``auto`` falls back to fp32 and says why each scheme lost.
 - speed: one timer (``interleaved``: rounds alternate between the models, so machine load hits all alike;
-  the lowest round's median counts) and one "not slower" (``not_slower``: within the family's
-  ``speed_noise`` of fp32's time).
-- auto: among fp32 and the candidates that pass and are not slower, the smallest; sizes within the family's
-  ``size_tie`` of the smallest count as equally small and the fastest of those wins.
+  the lowest round's median counts), at the threads the model will run with (``--threads``, default 1).
+- auto, decided by quality and size so the same checkpoint gives the same file on a quiet or a busy
+  machine: among fp32 and the candidates that pass, the smallest. Speed decides only by margins that
+  timing noise here does not cross, and every measurement is recorded: a candidate more than the family's
+  ``speed_veto`` times slower than fp32 is rejected, and a candidate within ``size_tie`` of the smallest
+  replaces it only when it is ``SPEED_MARGIN`` times faster.
+- candidates are built smallest first; where the family says so (``skip_losers``, large models), a
+  candidate that cannot win (larger than a passing one by more than ``size_tie``) is not built at all.
 - provenance (``provenance``): the checkpoint's file name (not its path), sha256, format, iteration and
   best validation loss; ``write_model`` adds the edgekit version and the metadata format.
 """
@@ -33,12 +37,9 @@ from edgekit.export.common import ExportReport, StepRecord
 from edgekit.export.schemes import Choice, resolve
 
 FP32_TOL = 1e-4  # max |difference| against PyTorch for every step that should be exact, every family
-
-
-def not_slower(seconds: float, fp32_seconds: float, noise: float) -> bool:
-    """The one definition: a model is not slower than fp32 when its time per call is within ``noise``
-    (a fraction) of fp32's, both taken by ``interleaved`` in the same run."""
-    return seconds <= fp32_seconds * (1.0 + noise)
+# a speed difference decides auto's choice only beyond this factor: interleaved timings of the same two
+# models moved by up to ~15% between runs on a shared 2-core machine, never by 1.5x
+SPEED_MARGIN = 1.5
 
 
 def interleaved(fns: dict[str, Callable[[], float | None]], *, rounds: int, calls: int = 1,
@@ -81,8 +82,8 @@ class ExportSpec:
     schemes: dict[str, tuple[str, ...]] = {}  # --quant word -> the recipes it builds (names written to the file)
     int8: str = ""  # what plain --quant int8 means: the family's default 8-bit scheme
     output_desc: str = "output"  # fp32 failure notes say "max |<output_desc> diff| ..."
-    speed_noise: float = 0.05  # not_slower's margin for this family's timing workload
-    size_tie: float = 0.0  # auto: sizes within this fraction of the smallest count as equal (fastest wins)
+    speed_veto: float | None = None  # auto rejects a candidate this many times slower than fp32 (None: never)
+    size_tie: float = 0.0  # auto: sizes within this fraction of the smallest may be chosen for speed (SPEED_MARGIN)
     timing = {"rounds": 5, "calls": 1, "warmup": 1}  # interleaved()'s arguments for the workload
 
     def __init__(self, ckpt, opts, say: Callable[[str], None]):
@@ -123,11 +124,26 @@ class ExportSpec:
         return seconds
 
     def narrow(self, choice: Choice) -> Choice:
-        """The candidates this checkpoint can build (seqae: the LSTM-only recipe needs an LSTM)."""
+        """The candidates this checkpoint can build (seqae: the LSTM-only recipe needs an LSTM), smallest first."""
         return choice
+
+    def skip_losers(self) -> bool:
+        """True when candidates that cannot win should not be built (large models: each costs minutes)."""
+        return False
+
+    def close(self) -> None:
+        """Release what the export holds (work files, sessions), success or not."""
 
     def fp32_recipe(self) -> dict:
         return {"scheme": "fp32"}
+
+    def time_fp32(self, base: onnx.ModelProto) -> bool:
+        """Whether auto times fp32 beside the candidates (needed where ``speed_veto`` can reject one)."""
+        return self.speed_veto is not None
+
+    def write(self, model: onnx.ModelProto, meta: dict) -> None:
+        """Write the chosen model with its metadata to ``opts.out``."""
+        common.write_model(model, path=self.opts.out, meta=meta)
 
     def finalize(self, model: onnx.ModelProto, scheme: str, record) -> onnx.ModelProto:
         """Last rewrite of the chosen graph (GPT: the generation Loop), verified and recorded."""
@@ -173,9 +189,15 @@ class _Run:
         return figures
 
     def candidates(self, base: onnx.ModelProto, choice: Choice) -> dict[str, tuple[onnx.ModelProto, dict, dict, bool]]:
-        """Build and check every candidate recipe: name -> (model, recipe, figures, passed) for those built."""
+        """Build and check every candidate recipe: name -> (model, recipe, figures, passed) for those built.
+        With ``skip_losers``, once one passes, larger recipes (by more than size_tie) are not built."""
         built = {}
         for name in choice.candidates:
+            passed = [common.model_bytes(v[0]) for v in built.values() if v[3]]
+            if passed and self.spec.skip_losers():
+                self.report.extra.setdefault("skipped", {})[name] = "cannot win: a smaller scheme passed"
+                self.spec.say(f"[edgekit] {name}: not built (a smaller scheme passed; auto takes the smallest)")
+                continue
             t0 = time.time()
             try:
                 q, recipe = self.spec.quantize(base, name)
@@ -188,7 +210,7 @@ class _Run:
         return built
 
     def choose(self, choice: Choice, base, built: dict, seconds: dict) -> str:
-        """auto: the smallest of fp32 and the passing, not slower candidates (fastest among near ties);
+        """auto: the smallest of fp32 and the passing candidates, by the rule in the module docstring;
         an explicit scheme: the smallest of its passing recipes, or the export fails."""
         spec = self.spec
         if not choice.auto:
@@ -198,16 +220,25 @@ class _Run:
                 self.report.failures = self.report.failures or [f"{choice.name} could not be built"]
                 self.fail_if_any()
             return min(built, key=lambda s: common.model_bytes(built[s][0]))
-        fast = [s for s in built if not_slower(seconds[s], seconds["fp32"], spec.speed_noise)]
-        sizes = {"fp32": common.model_bytes(base), **{s: common.model_bytes(built[s][0]) for s in fast}}
-        smallest = min(sizes.values())
-        tied = [s for s in sizes if sizes[s] <= smallest * (1 + spec.size_tie)]
-        chosen = min(tied, key=lambda s: seconds[s])
+        vetoed = {s for s in built if spec.speed_veto is not None and "fp32" in seconds and s in seconds
+                  and seconds[s] > seconds["fp32"] * spec.speed_veto}
+        sizes = {"fp32": common.model_bytes(base), **{s: common.model_bytes(built[s][0]) for s in built if s not in vetoed}}
+        chosen = min(sizes, key=lambda s: (sizes[s], s))
+        for s in sorted(sizes):
+            if s != chosen and sizes[s] <= sizes[chosen] * (1 + spec.size_tie) and s in seconds and chosen in seconds \
+                    and seconds[s] * SPEED_MARGIN < seconds[chosen]:
+                chosen = s
         failed = {r.step.split(":", 1)[1]: r.note for r in self.report.steps if r.step.startswith("quantize:") and not r.ok}
-        rejected = {s: (failed.get(s, "failed its quality budget") if s not in built else "slower than fp32"
-                        if s not in fast else f"larger than {chosen}" if s not in tied else f"slower than {chosen}")
-                    for s in choice.candidates if s != chosen}
-        self.report.extra["auto"] = {"chosen": chosen, "rejected": rejected}
+        skipped = self.report.extra.get("skipped", {})
+        rejected = {s: (skipped[s] if s in skipped else failed.get(s, "failed its quality budget") if s not in built
+                        else f"more than {spec.speed_veto:g}x slower than fp32" if s in vetoed
+                        else f"larger than {chosen}") for s in choice.candidates if s != chosen}
+        if chosen != "fp32":
+            rejected["fp32"] = f"larger than {chosen}"
+        self.report.extra["auto"] = {"chosen": chosen, "rejected": rejected, "rule": (
+            "smallest passing; a speed difference decides only beyond "
+            f"{SPEED_MARGIN:g}x (within {spec.size_tie:.0%} in size)" + (f" or as a {spec.speed_veto:g}x veto against fp32"
+                                                                          if spec.speed_veto else ""))}
         spec.say(f"[edgekit] auto: chose {chosen}" + (f" (rejected: {', '.join(f'{k}: {v}' for k, v in rejected.items())})"
                                                       if rejected else ""))
         return chosen
@@ -219,31 +250,50 @@ def run(spec_cls: type[ExportSpec], ckpt, opts) -> ExportReport:
     choice = resolve(spec_cls.schemes, spec_cls.int8, opts.quant, family=spec_cls.family)
     say = common.progress(opts)
     spec = spec_cls(ckpt, opts, say)
+    try:
+        report = _stages(spec, choice, opts)
+    finally:
+        spec.close()
+    report.seconds = time.time() - t_start
+    return report
+
+
+def _same_graph(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    """The same computation: nodes (metadata aside) and initializers by name, in order."""
+    def ops(m):
+        return [(n.op_type, n.domain, list(n.input), list(n.output), [x.SerializeToString() for x in n.attribute])
+                for n in m.graph.node]
+    return ops(a) == ops(b) and [t.name for t in a.graph.initializer] == [t.name for t in b.graph.initializer]
+
+
+def _stages(spec: ExportSpec, choice: Choice, opts) -> ExportReport:
     choice = spec.narrow(choice)
     report = ExportReport(output=str(opts.out), family=spec.family, scheme="", extra=dict(spec.extra))
     r = _Run(spec, report)
     t0 = time.time()
     graph, exporter, note = spec.export_graph()
-    r.exact("export" if exporter is None else f"export ({exporter})", graph, t0, note)
+    figures = r.exact("export" if exporter is None else f"export ({exporter})", graph, t0, note)
     t0 = time.time()
     simplified = common.simplify(graph)
-    r.exact("simplify", simplified, t0)
+    if _same_graph(graph, simplified):  # nothing changed: the export step's figures hold as they are
+        r.record("simplify", simplified, t0, figures, figures["max_abs_diff"] <= spec.fp32_tol, "onnxsim changed nothing")
+    else:
+        r.exact("simplify", simplified, t0)
     r.fail_if_any()
     base = spec.optimize(simplified, r.record)
     report.failures.clear()  # a skipped or rejected optimization is reported but does not fail the export
     built = r.candidates(base, choice)
-    # every model built, timed beside fp32 in alternating rounds, so all see the same machine load
-    models = {"fp32": base, **{k: v[0] for k, v in built.items()}}
-    seconds = interleaved({k: spec.workload(k, m) for k, m in models.items()}, **spec.timing)
-    speeds = spec.speed_figures(report, seconds)
     passing = {k: v[:3] for k, v in built.items() if v[3]}
+    # passing candidates (and fp32 where the family times it) in alternating rounds, at the user's threads
+    models = {**({"fp32": base} if spec.time_fp32(base) else {}), **{k: v[0] for k, v in passing.items()}}
+    seconds = interleaved({k: spec.workload(k, m) for k, m in models.items()}, **spec.timing) if models else {}
+    speeds = spec.speed_figures(report, seconds)
     scheme = r.choose(choice, base, passing, seconds)
     final, recipe, figures = (base, spec.fp32_recipe(), {}) if scheme == "fp32" else passing[scheme]
     report.scheme = scheme
     final = spec.finalize(final, scheme, r.record)
     report.failures = [f for f in report.failures if not f.startswith("quantize:")]
     r.fail_if_any()
-    meta = {**spec.metadata(report, scheme, recipe, figures, speeds), **provenance(ckpt)}
-    common.write_model(final, path=opts.out, meta=meta)
-    report.seconds = time.time() - t_start
+    meta = {**spec.metadata(report, scheme, recipe, figures, speeds), **provenance(spec.ckpt)}
+    spec.write(final, meta)
     return report

@@ -73,12 +73,18 @@ def test_int8_stores_the_tied_matrix_once_within_1_1_bytes_per_parameter(tmp_pat
                 if a.name == "body")
     nodes = list(m.graph.node) + list(body.node)
     producer = {o: n for n in nodes for o in n.output}
+
+    def source(x):  # through the Reshapes (and the Loop body's prefix) to the tensor itself
+        while x in producer and producer[x].op_type in ("Reshape", "Expand"):
+            x = producer[x].input[0]
+        return x
+
     head = [n for n in nodes if n.op_type == "MatMulNBits"
             and {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["N"] == V]
-    lookup = [n for n in nodes if n.op_type == "GatherBlockQuantized"]
+    lookup = [n for n in nodes if n.op_type == "GatherBlockQuantized" and n.input[1].endswith("input_ids")]
     assert len(head) == 1 and len(lookup) == 1
-    assert producer[lookup[0].input[0]].input[0] == head[0].input[1] in inits  # a Reshape of the head's bytes
-    assert lookup[0].input[2] == head[0].input[2]  # and the same scales
+    assert source(lookup[0].input[0]) == head[0].input[1] in inits  # a Reshape of the head's bytes
+    assert source(lookup[0].input[2]) == source(head[0].input[2])  # and the same scales
     assert [n for n, i in inits.items() if np.prod(i.dims) >= V * C] == [head[0].input[1]]
     assert out.stat().st_size / params <= 1.1, (out.stat().st_size, params)
     final = meta["verification"]["final"]

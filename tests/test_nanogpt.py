@@ -263,10 +263,10 @@ def test_export_honours_omp_num_threads_and_threads(nano_char, tmp_path, monkeyp
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     r = run_cli("export", nano_char["ckpt"], "--quant", "fp32", "-o", tmp_path / "a.onnx", "--json", "--quiet")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["extra"]["threads"] == {"torch": 1, "onnxruntime": 1}
+    assert json.loads(r.stdout)["extra"]["threads"] == {"torch": 1, "checks": 1, "timing": 1}
     r = run_cli("export", nano_char["ckpt"], "--quant", "fp32", "-o", tmp_path / "b.onnx", "--json", "--quiet",
                 "--threads", "2")
-    assert json.loads(r.stdout)["extra"]["threads"] == {"torch": 2, "onnxruntime": 2}
+    assert json.loads(r.stdout)["extra"]["threads"] == {"torch": 2, "checks": 2, "timing": 2}
     monkeypatch.setenv("OMP_NUM_THREADS", "zero")
     r = run_cli("export", nano_char["ckpt"], "-o", tmp_path / "c.onnx")
     assert r.exit_code == 2 and "OMP_NUM_THREADS must be a positive integer" in r.stderr
