@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import tempfile
@@ -27,7 +26,8 @@ import onnxruntime as ort
 import edgekit
 from edgekit.errors import ExportError
 from edgekit.fileio import atomic_path
-from edgekit.runtime.modelfile import FORMAT_VERSION, META_KEY, session_options
+from edgekit.runtime.modelcard import FORMAT_VERSION, META_KEY, ModelCard
+from edgekit.runtime.modelfile import session_options
 
 OPSET = 18
 
@@ -238,13 +238,15 @@ def max_abs_diff(a, b) -> float:
 
 
 def embed_metadata(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
-    """Store edgekit's metadata (one JSON object under the ``edgekit`` key) in the model."""
-    full = {"format": FORMAT_VERSION, "edgekit_version": edgekit.__version__, **meta}
+    """Store edgekit's metadata (one JSON object under the ``edgekit`` key) in the model, validated as a
+    reader validates it (ModelCard), so no file is written that the runtime would refuse."""
+    card = ModelCard.from_dict({"format": FORMAT_VERSION, "edgekit_version": edgekit.__version__, **meta},
+                               path="the exported model")
     for prop in list(model.metadata_props):
         if prop.key == META_KEY:
             model.metadata_props.remove(prop)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                        META_KEY: json.dumps(full, separators=(",", ":"))})
+                                        META_KEY: card.to_json()})
     model.producer_name = "edgekit"
     model.producer_version = edgekit.__version__
     return model

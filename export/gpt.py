@@ -27,6 +27,7 @@ from edgekit.export.gpt_quant import SCHEMES, Int4Search, quantize
 from edgekit.export.gpt_verify import check, loop_check, make_probes, verification_data, within_budget
 from edgekit.options import ExportOptions
 from edgekit.runtime.gpt import GPTModel, SamplingOptions
+from edgekit.runtime.modelcard import FORMAT_VERSION, ModelCard
 from edgekit.runtime.tokenizer import from_spec
 from edgekit.train.checkpoint import Checkpoint
 
@@ -74,6 +75,7 @@ class GPTExport(pipeline.ExportSpec):
                      "special_tokens": {"eot": self.tok.eot_id}, "block_size": block,
                      "generation": {"max_new_tokens": 64, "temperature": 0.0},
                      "window": {"keep": block - block // 4}}
+        self.card = ModelCard.from_dict({"format": FORMAT_VERSION, **self.meta}, path=str(ckpt.path))  # the engines' card
         self.threads = opts.threads
         self.extra = {"verification_data": info, "threads": {"torch": torch.get_num_threads(), "onnxruntime": self.threads}}
         self._engines: dict[int, tuple[onnx.ModelProto, GPTModel]] = {}
@@ -82,7 +84,7 @@ class GPTExport(pipeline.ExportSpec):
     def engine(self, m: onnx.ModelProto) -> GPTModel:
         """One onnxruntime session per graph, reused by the checks and the timer."""
         if id(m) not in self._engines:
-            self._engines[id(m)] = (m, GPTModel(common.session(m, threads=self.threads), self.meta, threads=self.threads))
+            self._engines[id(m)] = (m, GPTModel(common.session(m, threads=self.threads), self.card, threads=self.threads))
         return self._engines[id(m)][1]
 
     def export_graph(self):
@@ -116,7 +118,7 @@ class GPTExport(pipeline.ExportSpec):
             return quantize(base, scheme=recipe, calib=self.calib, cfg=self.cfg)
 
         def measure(m):  # a session per trial, not kept: the search tries one mix per weight
-            e = GPTModel(common.session(m, threads=self.threads), self.meta, threads=self.threads)
+            e = GPTModel(common.session(m, threads=self.threads), self.card, threads=self.threads)
             return e, check(e, self.probe)
 
         q, meta, eng, f = Int4Search(base).run(measure)
@@ -157,7 +159,7 @@ class GPTExport(pipeline.ExportSpec):
         return speeds
 
     def finalize(self, m, scheme, record):
-        return loop_check(m, self.engine(m), self.probe, self.meta, self.threads, self.tok.eot_id, record)
+        return loop_check(m, self.engine(m), self.probe, self.card, self.threads, self.tok.eot_id, record)
 
     def metadata(self, report: ExportReport, scheme, recipe, figures, speeds):
         n = len(self.val)

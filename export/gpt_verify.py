@@ -22,6 +22,7 @@ from edgekit.export.gpt_graph import wrap_loop
 from edgekit.models.gpt import GPT
 from edgekit.options import ExportOptions
 from edgekit.runtime.gpt import GPTModel, SamplingOptions
+from edgekit.runtime.modelcard import ModelCard
 from edgekit.train.checkpoint import Checkpoint
 
 VAL_LOSS_DELTA_PCT = 1.0  # quantized: held-out loss may grow at most 1%
@@ -71,8 +72,8 @@ def within_budget(f: dict) -> bool:
     return f["val_loss_delta_pct"] <= VAL_LOSS_DELTA_PCT and f["greedy_agreement"] >= GREEDY_AGREEMENT
 
 
-def _engine(model: onnx.ModelProto, meta: dict, threads: int) -> GPTModel:
-    return GPTModel(common.session(model, threads=threads), meta, threads=threads)
+def _engine(model: onnx.ModelProto, card: ModelCard, threads: int) -> GPTModel:
+    return GPTModel(common.session(model, threads=threads), card, threads=threads)
 
 
 def check(engine: GPTModel, probe: Probe) -> dict:
@@ -107,7 +108,7 @@ def check(engine: GPTModel, probe: Probe) -> dict:
             "greedy_agreement": float(np.mean(agree))}
 
 
-def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta: dict, threads: int,
+def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, card: ModelCard, threads: int,
                eot: int | None, record) -> onnx.ModelProto:
     """Wrap the chosen graph in the generation Loop and prove it changes nothing: the same logits for
     a single step, the same greedy tokens (Loop-driven vs Python-driven) on every probe prompt, the
@@ -115,14 +116,14 @@ def loop_check(step: onnx.ModelProto, step_engine: GPTModel, probe: Probe, meta:
     equal to numpy's reference sampler (runtime.gpt.sample_next / penalize) driving single passes."""
     t0 = time.time()
     looped = wrap_loop(step, eot=eot)
-    engine = _engine(looped, meta, threads)
+    engine = _engine(looped, card, threads)
     x = probe.windows[:4, :-1].numpy()
     a = step_engine.step(x, np.ones_like(x), step_engine.empty_past(len(x)))[0]
     b = engine.step(x, np.ones_like(x), engine.empty_past(len(x)))[0]
     diff = common.max_abs_diff(a, b)
     n = probe.greedy.shape[1] - probe.prompts.shape[1]
     prompts = probe.prompts.tolist()
-    stepped = _engine(looped, meta, threads)
+    stepped = _engine(looped, card, threads)
     stepped.loop = False  # the same file, one pass per call: the sampler runs in numpy
     figures = {"max_abs_diff": diff}
     checks = {"identical_greedy": (SamplingOptions(max_new_tokens=n, heal=False), step_engine),

@@ -1,11 +1,12 @@
 """Reading edgekit model files: an onnxruntime session plus the metadata edgekit wrote into the file.
 
-    sess, meta = open_model("phase3.onnx", threads=1)
-    meta["family"], meta["config"], meta["tokenizer"]
+    sess, card = open_model("phase3.onnx", threads=1)
+    card.family, card.config, card.tokenizer          # a ModelCard (runtime/modelcard.py)
 
-All of edgekit's metadata sits under one ONNX metadata key, ``edgekit``, as a JSON object:
-format, family, config, tokenizer, generation defaults, quantization recipe, verification figures,
-source checkpoint sha256 and the edgekit version. Nothing outside the file is needed.
+All of edgekit's metadata sits under one ONNX metadata key, ``edgekit``, as a JSON object (the format:
+docs/model-file.md): format, family, config, tokenizer, generation defaults, quantization recipe,
+deploy target, verification figures, source checkpoint sha256 and the edgekit version. Nothing outside
+the file is needed.
 """
 from __future__ import annotations
 
@@ -16,10 +17,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from edgekit.errors import ModelFileError
-
-META_KEY = "edgekit"
-FORMAT_VERSION = 1
-REQUIRED = ("format", "family", "config")
+from edgekit.runtime.modelcard import FORMAT_VERSION, META_KEY, ModelCard  # noqa: F401 (re-exported)
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
@@ -37,26 +35,8 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return so
 
 
-def parse_metadata(raw: str | None, *, path: str = "model") -> dict:
-    """Validate the ``edgekit`` metadata JSON; a missing or tampered entry is a clear error."""
-    if raw is None:
-        raise ModelFileError(f"{path} has no edgekit metadata; export it with `edgekit export` "
-                             "(plain ONNX files are not edgekit models)")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{path}: edgekit metadata is not valid JSON ({e.msg}); the file was altered") from None
-    if not isinstance(meta, dict) or any(k not in meta for k in REQUIRED):
-        raise ModelFileError(f"{path}: edgekit metadata lacks {', '.join(k for k in REQUIRED if k not in (meta if isinstance(meta, dict) else {}))}")
-    if meta["format"] != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: edgekit metadata format {meta['format']!r} is not supported (this "
-                             f"edgekit reads format {FORMAT_VERSION})")
-    if not isinstance(meta["config"], dict):
-        raise ModelFileError(f"{path}: edgekit metadata 'config' must be an object")
-    return meta
-
-
-def open_model(path: str | os.PathLike, *, threads: int | None = None) -> tuple[ort.InferenceSession, dict]:
+def open_model(path: str | os.PathLike, *, threads: int | None = None) -> tuple[ort.InferenceSession, ModelCard]:
+    """An onnxruntime session of the file and its ModelCard; a missing, empty or corrupt file is a ModelFileError."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
@@ -72,5 +52,5 @@ def open_model(path: str | os.PathLike, *, threads: int | None = None) -> tuple[
     except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types for corrupt files
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise ModelFileError(f"{path} is not a loadable ONNX model ({first[:160]})") from None
-    meta = parse_metadata(sess.get_modelmeta().custom_metadata_map.get(META_KEY), path=str(path))
-    return sess, meta
+    card = ModelCard.from_json(sess.get_modelmeta().custom_metadata_map.get(META_KEY), path=str(path))
+    return sess, card

@@ -14,6 +14,8 @@ import codecs
 import functools
 import json
 import os
+from typing import Mapping
+
 import tiktoken
 import tiktoken.load
 
@@ -141,7 +143,9 @@ def bpe_spec(ranks: dict[bytes, int], *, name: str, pat_str: str = GPT2_PAT_STR)
 
 
 def from_spec(spec: dict) -> Tokenizer:
-    """Build a tokenizer from the spec stored in a checkpoint or model file."""
+    """Build a tokenizer from the spec stored in a checkpoint or model file (a ModelCard's read-only mapping too)."""
+    if isinstance(spec, Mapping):
+        spec = {k: dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
     if not isinstance(spec, dict) or "kind" not in spec:
         raise TokenizerError(f"tokenizer spec must be an object with a 'kind'; got {json.dumps(spec)[:80]}")
     kind = spec["kind"]
