@@ -25,6 +25,9 @@ from edgekit.errors import ModelFileError
 META_KEY = "edgekit"  # the one ONNX metadata_props key edgekit writes
 FORMAT_VERSION = 1  # bumped when a key changes meaning or a reader must refuse older files
 TARGETS = ("cpu", "web")  # deploy.target: native onnxruntime (CPU) or onnxruntime-web (wasm, in a browser)
+# deploy.session_config: the onnxruntime session entries a file may ask its readers to set, and their values
+# (int8-weights files: fold the weights' DequantizeLinear at load); anything else is refused
+SESSION_CONFIG = {"session.disable_quant_qdq": ("0", "1")}
 # what each known family's runtime reads from ``config`` (positive integers); other families: nothing checked
 REQUIRED_CONFIG = {"gpt": ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"),
                    "seqae": ("input_dim", "bottleneck"), "amn": ("dim", "ctx"), "bytecnn": ()}
@@ -70,6 +73,7 @@ class Deploy:
 
     target: str = "cpu"  # one of TARGETS
     numerics: str = "onnxruntime CPU"  # e.g. "onnxruntime-web wasm: MatMulNBits accuracy_level 0"
+    session_config: Mapping[str, str] = field(default_factory=lambda: _frozen({}))  # entries of SESSION_CONFIG
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,8 @@ class ModelCard:
         out.update(_plain(self.family_fields))
         out["quantization"] = _plain(self.quantization.recipe)
         out["deploy"] = {"target": self.deploy.target, "numerics": self.deploy.numerics}
+        if self.deploy.session_config:
+            out["deploy"]["session_config"] = _plain(self.deploy.session_config)
         out["verification"] = _plain(self.verification)
         s = self.source
         if s.sha256 is not None:
@@ -233,7 +239,12 @@ def _deploy(bad: _Checker, meta: dict) -> Deploy:
     target = bad.typed("target", str, "cpu", d)
     if target not in TARGETS:
         bad.fail(f"deploy.target {target!r} is not known; known: {', '.join(TARGETS)}")
-    return Deploy(target=target, numerics=bad.typed("numerics", str, Deploy.numerics, d))
+    config = bad.typed("session_config", dict, {}, d)
+    for k, v in config.items():
+        if v not in SESSION_CONFIG.get(k, ()):
+            bad.fail(f"deploy.session_config {k}={v!r} is not allowed; allowed: "
+                     + ", ".join(f"{n} in {'/'.join(vs)}" for n, vs in SESSION_CONFIG.items()))
+    return Deploy(target=target, numerics=bad.typed("numerics", str, Deploy.numerics, d), session_config=_frozen(config))
 
 
 def _provenance(bad: _Checker, meta: dict) -> Provenance:
