@@ -224,10 +224,12 @@ def quantize_nbits(model: onnx.ModelProto, *, bits: int = 4, block_size: int = 3
         return q.model.model
 
 
-def session(model: onnx.ModelProto | str | os.PathLike, *, threads: int | None = 1) -> ort.InferenceSession:
-    """An onnxruntime CPU session from a ModelProto or a path (used for verification and timing)."""
+def session(model: onnx.ModelProto | str | os.PathLike, *, threads: int | None = 1,
+            config: dict | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session from a ModelProto or a path (used for verification and timing); ``config``:
+    the session entries the file will ask its readers for (ModelCard deploy.session_config)."""
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(src, sess_options=session_options(threads, config), providers=["CPUExecutionProvider"])
 
 
 def max_abs_diff(a, b) -> float:

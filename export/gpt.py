@@ -14,13 +14,14 @@ picks the smallest scheme that passes and is not slower than fp32 at decoding on
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 
 import numpy as np
 import onnx
 import torch
 
-from edgekit.export import common, gpt_verify, pipeline
+from edgekit.export import common, gpt_verify, gpt_web, pipeline
 from edgekit.export.common import ExportReport
 from edgekit.export.gpt_graph import _sampler_nodes, optimize, prepare_model, to_graph  # noqa: F401 (tests import them here)
 from edgekit.export.gpt_quant import SCHEMES, Int4Search, quantize
@@ -43,7 +44,7 @@ class GPTExport(pipeline.ExportSpec):
     output_names = ("logits",)  # then present.<layer>.key / .value; the Loop adds tokens
     dynamic_axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
                     "past.*": {0: "batch", 2: "past_sequence"}}
-    schemes = {s: (s,) for s in SCHEMES}
+    schemes = {s: (s,) for s in (*SCHEMES, gpt_web.INT8_WEIGHTS)}
     # plain "int8" is the 8-bit scheme that stores the tied matrix once (~1.05 B/param on phase3) and decodes
     # fastest; int8-dynamic keeps a second int8 copy for its Gather (~2 B/param) and is asked for by name
     int8 = "int8-nbits"
@@ -51,12 +52,22 @@ class GPTExport(pipeline.ExportSpec):
     speed_noise = SPEED_NOISE
     size_tie = SIZE_TIE
     timing = {"rounds": 5, "calls": 1, "warmup": 1}
+    targets = gpt_web.TARGETS
 
     def __init__(self, ckpt: Checkpoint, opts: ExportOptions, say):
         super().__init__(ckpt, opts, say)
+        self.web = opts.target == "web"
+        self._recipes: dict[str, dict] = {}
+        if self.web:  # each timing call is a Node process running its own rounds (gpt_web.wasm_workload)
+            gpt_web.node_runner()  # before any work: a missing Node or onnxruntime-web is one clear error
+            self.timing = {"rounds": 2, "calls": 1, "warmup": 0}
+            self.speed_noise = gpt_web.SPEED_NOISE
+            self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-web-")
         torch.set_num_threads(opts.torch_threads())
         self.model, self.cfg = prepare_model(ckpt)
         self.tok_spec = ckpt.tokenizer or {"kind": "gpt2"}
+        if self.web:
+            self.tok_spec = gpt_web.tokenizer(self.tok_spec)
         self.tok = from_spec(self.tok_spec)
         if ckpt.meta_path is not None:
             say(f"[edgekit] vocabulary: {len(self.tok_spec['itos'])} characters from {ckpt.meta_path}")
@@ -113,15 +124,35 @@ class GPTExport(pipeline.ExportSpec):
             record("optimize", simplified, t0, {"kept": False}, True, f"skipped: {common.first_line(e)}")
             return simplified
 
+    def narrow(self, choice):
+        """web: the schemes wasm computes as verified; cpu: auto leaves out int8-weights (the web's scheme)."""
+        if self.web:
+            return gpt_web.narrow(choice)
+        return dataclasses.replace(choice, candidates=tuple(s for s in choice.candidates if s != gpt_web.INT8_WEIGHTS)) \
+            if choice.auto else choice
+
     def quantize(self, base, recipe):
+        if recipe == gpt_web.INT8_WEIGHTS:
+            q, meta = gpt_web.int8_weights(base)
+        elif recipe != "int4":
+            q, meta = quantize(base, scheme=recipe, calib=self.calib, cfg=self.cfg)
         if recipe != "int4":
-            return quantize(base, scheme=recipe, calib=self.calib, cfg=self.cfg)
+            q, meta = (gpt_web.browser_numerics(q), gpt_web.recipe(meta)) if self.web else (q, meta)
+            self._recipes[recipe] = meta
+            if meta.get("session_config"):  # checked and timed in a session made as the file's readers make it
+                card = self._card(meta)
+                self._engines[id(q)] = (q, GPTModel(common.session(q, threads=self.threads, config=dict(
+                    card.deploy.session_config)), card, threads=self.threads))
+            return q, meta
 
         def measure(m):  # a session per trial, not kept: the search tries one mix per weight
+            m = gpt_web.browser_numerics(m) if self.web else m
             e = GPTModel(common.session(m, threads=self.threads), self.card, threads=self.threads)
             return e, check(e, self.probe)
 
         q, meta, eng, f = Int4Search(base).run(measure)
+        if self.web:
+            q, meta = gpt_web.browser_numerics(q), gpt_web.recipe(meta)
         self._engines[id(q)] = (q, eng)
         self._select[recipe] = f  # the search already checked its pick on the select half
         self._four_bit_share = meta["four_bit_weight_share"]
@@ -147,25 +178,44 @@ class GPTExport(pipeline.ExportSpec):
 
     def workload(self, name, m):
         """Greedy decode of DECODE_TOKENS tokens; the runtime's own decode rate, so seconds per decoded token."""
-        e, prompt = self.engine(m), [int(t) for t in self.val[:8]]
+        prompt = [int(t) for t in self.val[:8]]
+        if self.web:
+            config = self._recipes.get(name, {}).get("session_config", {})
+            return gpt_web.wasm_workload(m, meta={**self.meta, "deploy": {"target": "web", "session_config": config}},
+                                         prompt_ids=prompt, tokens=DECODE_TOKENS, workdir=self._tmp.name)
+        e = self.engine(m)
         opts = SamplingOptions(max_new_tokens=DECODE_TOKENS, heal=False)
         return lambda: 1.0 / e.run([prompt], opts)[0].tokens_per_s
 
     def speed_figures(self, report, seconds):
         speeds = {k: 1.0 / v for k, v in seconds.items()}
         report.extra["decode_tokens_per_s"] = speeds
-        self.say(f"[edgekit] decode tokens/s (1 prompt, {DECODE_TOKENS} tokens, best of {self.timing['rounds']}): "
+        where = "in onnxruntime-web (wasm, Node), " if self.web else ""
+        self.say(f"[edgekit] decode tokens/s ({where}1 prompt, {DECODE_TOKENS} tokens, best of {self.timing['rounds']}): "
                  + ", ".join(f"{k} {v:,.0f}" for k, v in speeds.items()))
         return speeds
 
+    def _card(self, recipe: dict) -> ModelCard:
+        """The engines' card, with the session entries ``recipe`` asks readers for."""
+        if not recipe.get("session_config"):
+            return self.card
+        return ModelCard.from_dict({**self.card.to_dict(), "deploy": {"session_config": recipe["session_config"]}})
+
     def finalize(self, m, scheme, record):
-        return loop_check(m, self.engine(m), self.probe, self.card, self.threads, self.tok.eot_id, record)
+        card = self._card(self._recipes.get(scheme, {}))
+        return loop_check(m, self.engine(m), self.probe, card, self.threads, self.tok.eot_id, record)
 
     def metadata(self, report: ExportReport, scheme, recipe, figures, speeds):
         n = len(self.val)
-        return {**self.meta, "quantization": recipe, "verification": {
+        deploy = {"target": "web", "numerics": gpt_web.NUMERICS[scheme]} if self.web else \
+            {"target": "cpu", "numerics": "onnxruntime CPU"}
+        if recipe.get("session_config"):
+            deploy["session_config"] = recipe["session_config"]
+        return {**self.meta, "quantization": recipe, "deploy": deploy, "verification": {
             "steps": [dataclasses.asdict(s) for s in report.steps], "final": figures,
-            "torch_val_loss": self.report_probe.torch_loss, "decode_tokens_per_s": speeds, "data": self.data_info,
+            "torch_val_loss": self.report_probe.torch_loss, "decode_tokens_per_s": speeds,
+            "decode_timed_in": "onnxruntime-web wasm in Node, 1 thread" if self.web else "onnxruntime CPU",
+            "data": self.data_info,
             "auto": report.extra.get("auto"),
             "slices": {"select": f"held-out tokens [0, {n // 2}): int4's search and which schemes pass (auto's choice)",
                        "report": f"held-out tokens [{n // 2}, {n}): every figure reported (val_loss_delta_pct, "

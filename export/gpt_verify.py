@@ -73,7 +73,8 @@ def within_budget(f: dict) -> bool:
 
 
 def _engine(model: onnx.ModelProto, card: ModelCard, threads: int) -> GPTModel:
-    return GPTModel(common.session(model, threads=threads), card, threads=threads)
+    """A runtime over ``model`` whose session is made as readers of ``card`` make it (its session entries)."""
+    return GPTModel(common.session(model, threads=threads, config=dict(card.deploy.session_config)), card, threads=threads)
 
 
 def check(engine: GPTModel, probe: Probe) -> dict:
