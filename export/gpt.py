@@ -59,8 +59,9 @@ class GPTExport(pipeline.ExportSpec):
         self.web = opts.target == "web"
         self._recipes: dict[str, dict] = {}
         if self.web:  # each timing call is a Node process running its own rounds (gpt_web.wasm_workload)
-            gpt_web.node_runner()  # before any work: a missing Node or onnxruntime-web is one clear error
-            self.timing = {"rounds": 2, "calls": 1, "warmup": 0}
+            # before any work: a missing Node or onnxruntime-web is one clear error
+            self._timer = gpt_web.WasmTimer()
+            self.timing = {"rounds": 3, "calls": 1, "warmup": 0}  # the timer warms each model up on first use
             self.speed_noise = gpt_web.SPEED_NOISE
             self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-web-")
         torch.set_num_threads(opts.torch_threads())
@@ -182,7 +183,8 @@ class GPTExport(pipeline.ExportSpec):
         if self.web:
             config = self._recipes.get(name, {}).get("session_config", {})
             return gpt_web.wasm_workload(m, meta={**self.meta, "deploy": {"target": "web", "session_config": config}},
-                                         prompt_ids=prompt, tokens=DECODE_TOKENS, workdir=self._tmp.name)
+                                         prompt_ids=prompt, tokens=DECODE_TOKENS, workdir=self._tmp.name,
+                                         timer=self._timer)
         e = self.engine(m)
         opts = SamplingOptions(max_new_tokens=DECODE_TOKENS, heal=False)
         return lambda: 1.0 / e.run([prompt], opts)[0].tokens_per_s
@@ -202,6 +204,8 @@ class GPTExport(pipeline.ExportSpec):
         return ModelCard.from_dict({**self.card.to_dict(), "deploy": {"session_config": recipe["session_config"]}})
 
     def finalize(self, m, scheme, record):
+        if self.web:
+            self._timer.close()  # the timing is over
         card = self._card(self._recipes.get(scheme, {}))
         return loop_check(m, self.engine(m), self.probe, card, self.threads, self.tok.eot_id, record)
 

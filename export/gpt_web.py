@@ -9,23 +9,20 @@ and computes with fp32 activations, so a cpu file's quality figures do not hold 
 native onnxruntime computes as wasm does (logits within 1e-5), so candidates are verified natively under
 that setting. int8 through MatMulInteger (int8-dynamic) gives bit-identical logits in wasm; fp32 agrees to
 1e-5. int8-static's QDQ kernels were not measured in wasm and are not offered. Speed is measured where it
-will run: each candidate decodes in onnxruntime-web's wasm backend under Node (web/bench.mjs), so auto's
+will run: each candidate decodes in onnxruntime-web's wasm backend under Node (web/timing.py), so auto's
 "not slower than fp32" and its tie-break are wasm's (MatMulNBits runs ~8x slower there than native).
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import tempfile
-from pathlib import Path
 
 import onnx
 
-from edgekit.errors import ExportError, UsageError
+from edgekit.errors import UsageError
 from edgekit.export.schemes import Choice
 from edgekit.runtime.tokenizer import bpe_spec, gpt2_ranks
+from edgekit.web.timing import WasmTimer
 
 TARGETS = ("cpu", "web")
 INT8_WEIGHTS = "int8-weights"  # the web's 8-bit scheme (int8_weights); not an auto candidate for cpu
@@ -44,7 +41,6 @@ NUMERICS = {"fp32": "onnxruntime-web wasm: fp32 (native and wasm logits agree to
                           "at the same level",
             "int4": "onnxruntime-web wasm: MatMulNBits accuracy_level 0 (fp32 activations), verified natively "
                     "at the same level"}
-WASM_ROUNDS = 3  # rounds inside one Node process (web/bench.mjs); the pipeline's rounds call it again
 
 
 def narrow(choice: Choice) -> Choice:
@@ -126,39 +122,16 @@ def tokenizer(spec: dict) -> dict:
     return spec
 
 
-def node_runner() -> tuple[str, Path]:
-    """(node executable, web/bench.mjs), or an ExportError saying what to install."""
-    from edgekit import web
-
-    here = Path(web.__file__).resolve().parent
-    node = shutil.which("node")
-    if node is None:
-        raise ExportError("--target web measures decode speed in onnxruntime-web under Node.js, and `node` is not "
-                          "on PATH; install Node.js 20 or later")
-    if not (here / "node_modules" / "onnxruntime-web").is_dir():
-        raise ExportError(f"--target web needs onnxruntime-web: run `npm ci` in {here} (`make install` does)")
-    return node, here / "bench.mjs"
-
-
-def wasm_workload(model: onnx.ModelProto, *, meta: dict, prompt_ids: list[int], tokens: int, workdir: str):
+def wasm_workload(model: onnx.ModelProto, *, meta: dict, prompt_ids: list[int], tokens: int, workdir: str,
+                  timer: WasmTimer):
     """A timing call for pipeline.interleaved: greedy decode of ``tokens`` tokens in onnxruntime-web (wasm,
-    one thread, in a Node process) of ``model`` wrapped in the generation Loop with ``meta``, as the file will be; returns
-    seconds per decoded token (process CPU time, prefill excluded)."""
+    one thread, the Node process of ``timer``) of ``model`` wrapped in the generation Loop with ``meta``, as
+    the file will be; returns seconds per decoded token (process CPU time, prefill excluded)."""
     from edgekit.export.common import embed_metadata
     from edgekit.export.gpt_graph import wrap_loop
 
-    node, script = node_runner()
     fd, path = tempfile.mkstemp(suffix=".onnx", dir=workdir)
     with os.fdopen(fd, "wb") as f:
         looped = wrap_loop(model, eot=meta["special_tokens"]["eot"])
         f.write(embed_metadata(looped, meta).SerializeToString())
-
-    def run() -> float:
-        r = subprocess.run([node, str(script), "--tokens", str(tokens), "--rounds", str(WASM_ROUNDS),
-                            "--prompt-ids", ",".join(map(str, prompt_ids)), path],
-                           capture_output=True, text=True, cwd=script.parent)
-        if r.returncode:
-            raise ExportError(f"timing in onnxruntime-web failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-        return 1.0 / json.loads(r.stdout)[path]["tokens_per_s"]
-
-    return run
+    return lambda: timer.seconds_per_token(path, prompt_ids=prompt_ids, tokens=tokens)

@@ -49,7 +49,12 @@ async function main() {
       const errors = [];
       page.on('pageerror', (e) => errors.push(e.message));
       await page.goto(url.href);
-      await page.waitForFunction(() => document.title === 'done' || document.title === 'error', { timeout: o.timeout });
+      try {
+        await page.waitForFunction(() => document.title === 'done' || document.title === 'error', { timeout: o.timeout });
+      } catch (e) {
+        const shown = await page.evaluate(() => `${document.getElementById('card').textContent} | ${document.getElementById('status').textContent}`);
+        throw new Error(`case ${i} (${JSON.stringify(c.prompt.slice(0, 30))}): ${e.message}; page: ${shown}; errors: ${errors.join('; ')}`);
+      }
       const result = JSON.parse(await page.$eval('#result', (e) => e.textContent));
       if (errors.length) result.page_errors = errors;
       out.push(result);

@@ -101,7 +101,8 @@ export function cardFromObject(meta, path = 'model') {
   const missing = ['format', 'family', 'config'].filter((k) => !(k in meta));
   if (missing.length) fail(`lacks ${missing.join(', ')}`);
   if (meta.format !== FORMAT_VERSION) {
-    throw new Error(`${path}: edgekit metadata format ${JSON.stringify(meta.format)} is not supported (this edgekit reads format ${FORMAT_VERSION})`);
+    const shown = typeof meta.format === 'string' ? `'${meta.format}'` : JSON.stringify(meta.format);  // as Python's repr
+    throw new Error(`${path}: edgekit metadata format ${shown} is not supported (this edgekit reads format ${FORMAT_VERSION})`);
   }
   const family = typed(meta, 'family', 'str', null, true);
   const config = typed(meta, 'config', 'object', null, true);
