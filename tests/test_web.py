@@ -8,13 +8,9 @@ installs it when missing).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +20,11 @@ import pytest
 from conftest import run_cli
 from edgekit.runtime import load
 from edgekit.runtime.tokenizer import bpe_spec, from_spec, gpt2_ranks
+from edgekit.web.browser import run_pages, static_server
 from test_modelcard import REFUSED, SOMA
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"
-CHROMIUM = os.environ.get("EDGEKIT_CHROMIUM", "/usr/bin/chromium")
 
 # 20 greedy prompts: code, prose, healing cases ("import ", "    "), unicode, one longer than the block
 GREEDY = ["def get_", "import ", "class Foo(", "    return ", "for i in range(", "if __name__ == ", "self.", "# ",
@@ -164,38 +160,6 @@ def test_node_runtime_gives_pythons_tokens(cases):
     assert "# fail 0" in r.stdout and "# skipped 0" in r.stdout
 
 
-@contextlib.contextmanager
-def static_server(folder: Path):
-    """A plain static file server on 127.0.0.1 (Python's http.server), stopped on exit."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
-                             str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                break
-            proc.poll()
-            assert proc.returncode is None, "the static server exited"
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def browser(base: str, cases: list[dict], tmp: Path, screenshot: Path | None = None) -> list[dict]:
-    """Each case's page result from headless Chromium (web/browser.mjs)."""
-    assert shutil.which("node") and os.path.exists(CHROMIUM), f"needs node and {CHROMIUM} (`make test` installs chromium)"
-    f = tmp / "browser_cases.json"
-    f.write_text(json.dumps([{"prompt": c["prompt"], "options": c["options"]} for c in cases]))
-    cmd = ["node", str(WEB / "browser.mjs"), "--base", base, "--cases", str(f)]
-    r = subprocess.run(cmd + (["--screenshot", str(screenshot)] if screenshot else []), capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout)
-
-
 def test_site_in_chromium_gives_pythons_tokens(soma_web, cases, tmp_path):
     """`edgekit web` then the page, from a 127.0.0.1 server, in headless Chromium: Python's greedy tokens on 20
     prompts and Python's seeded sampled tokens (the URL's prompt, max_new_tokens, temperature, top_k, ...)."""
@@ -207,7 +171,7 @@ def test_site_in_chromium_gives_pythons_tokens(soma_web, cases, tmp_path):
     expected = [c for c in cases[1]["models"][0]["cases"] if not {"stop", "heal", "window"} & set(c["options"])]
     assert len(expected) >= 20 + 8
     with static_server(site) as base:
-        got = browser(base, expected, tmp_path)
+        got = run_pages(base, expected)
     bad = [(c["prompt"][:20], c["options"], g) for c, g in zip(expected, got)
            if g.get("token_ids") != c["token_ids"] or g.get("text") != c["text"]]
     assert not bad, f"{len(bad)} of {len(expected)} differ: {bad[:3]}"
