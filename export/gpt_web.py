@@ -130,8 +130,15 @@ def wasm_workload(model: onnx.ModelProto, *, meta: dict, prompt_ids: list[int], 
     from edgekit.export.common import embed_metadata
     from edgekit.export.gpt_graph import wrap_loop
 
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    step = onnx.ModelProto()
+    step.CopyFrom(model)
+    # int4's share_tied_embedding appends its Expand after the Gather that reads it: valid for onnxruntime,
+    # but the Loop body must be in topological order (onnx.checker)
+    ONNXModel(step).topological_sort()
     fd, path = tempfile.mkstemp(suffix=".onnx", dir=workdir)
     with os.fdopen(fd, "wb") as f:
-        looped = wrap_loop(model, eot=meta["special_tokens"]["eot"])
+        looped = wrap_loop(step, eot=meta["special_tokens"]["eot"])
         f.write(embed_metadata(looped, meta).SerializeToString())
     return lambda: timer.seconds_per_token(path, prompt_ids=prompt_ids, tokens=tokens)

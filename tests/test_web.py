@@ -131,6 +131,8 @@ def cases(soma_web, gpt2_web, tmp_path_factory):
             "tokenizers": [_tokenizer_case("soma-bpe", soma.tokenizer.spec),
                            _tokenizer_case("gpt2", bpe_spec(gpt2_ranks(), name="gpt2"))],
             "cards": [_card_case(p) for p in (SOMA, soma_web, gpt2_web)],
+            "rng": [{"seed": s, "draws": np.random.default_rng(s).random(1000).tolist()}
+                    for s in (0, 1, 42, 2**32 - 1, 2**32, 2**53 - 1, 2**40 + 3)],
             "refused": [{"case": c, "meta": mutate(meta), "message": m} for c, mutate, m in REFUSED],
             "bad_files": [{"path": str(d / "plain.onnx"), "message": "has no edgekit metadata"},
                           {"path": str(d / "random.onnx"), "message": "random.onnx"}]}
