@@ -4,11 +4,24 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := web/node_modules/.installed
 export EDGEKIT_CACHE ?= $(CURDIR)/.venv/cache
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean browser
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
+
+# The browser runtime's npm packages (web/package-lock.json): onnxruntime-web, and for the tests
+# onnxruntime-node (its CPU binaries only: the CUDA download fails offline) and puppeteer-core (no browser
+# download: the tests drive Debian's chromium).
+$(NODE_STAMP): web/package.json web/package-lock.json
+	cd web && ONNXRUNTIME_NODE_INSTALL=skip ONNXRUNTIME_NODE_INSTALL_CUDA=skip PUPPETEER_SKIP_DOWNLOAD=1 \
+		npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+# Headless Chromium for tests/test_web.py: Debian's package, installed when missing (CI runs as root).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +34,7 @@ demo: install
 	$(PY) examples/demo.py
 
 # The whole test suite plus the fast benchmark gates (sizes, ratios with few rounds).
-test: install
+test: install browser
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 	$(VENV)/bin/pytest -q -p no:cacheprovider benchmarks -m gate --benchmark-min-rounds=3 --benchmark-max-time=0.2 --benchmark-warmup=off
 

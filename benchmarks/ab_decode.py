@@ -38,7 +38,7 @@ def main() -> None:
     for k, lm in lms.items():
         size = os.path.getsize(getattr(args, k))
         per = f", {size / params:.3f} bytes/param" if params else ""
-        print(f"{k}: {getattr(args, k)} ({lm.meta['quantization']['scheme']}, {size:,} bytes{per})")
+        print(f"{k}: {getattr(args, k)} ({lm.card.quantization.scheme}, {size:,} bytes{per})")
     for mode, kw in MODES.items():
         run = {k: (lambda lm=lm: lm.generate(prompt, max_new_tokens=48, heal=False, **kw)) for k, lm in lms.items()}
         for f in run.values():

@@ -72,13 +72,13 @@ def check_vectors(ours: np.ndarray, ref: np.ndarray, *, atol: float, what: str) 
     return diff
 
 
-def check_schemes(meta: dict) -> dict:
+def check_schemes(card) -> dict:
     """Every scheme the export tried either holds the export's quality budget on the report half of the
     held-out data or was rejected with its reason recorded (and is not the file's scheme).
     Returns {scheme: figures} of the accepted ones."""
-    ver = meta["verification"]
+    ver = card.verification
     budgets = ver["budgets"]
-    chosen = meta["quantization"]["scheme"]
+    chosen = card.quantization.scheme
     accepted = {}
     for s in ver["steps"]:
         if not s["step"].startswith("quantize:"):

@@ -66,8 +66,7 @@ def _p50_us(fn, calls: int = CALLS) -> float:
 
 
 def _info(benchmark, nano, **extra):
-    meta = nano["scorer"].meta
-    benchmark.extra_info.update({"scheme": meta["quantization"]["scheme"], "threads": 1,
+    benchmark.extra_info.update({"scheme": nano["scorer"].card.quantization.scheme, "threads": 1,
                                  "model_bytes": nano["paths"]["auto"].stat().st_size, **extra})
 
 

@@ -33,7 +33,7 @@ def pair(gpt_artifacts):
 
 def agreement_floor(lm) -> float:
     """The export's own greedy-agreement budget for quantized files; fp32 must agree everywhere."""
-    return 1.0 if lm.meta["quantization"]["scheme"] == "fp32" else lm.meta["verification"]["budgets"]["greedy_agreement"]
+    return 1.0 if lm.card.quantization.scheme == "fp32" else lm.card.verification["budgets"]["greedy_agreement"]
 
 
 def decode_side_by_side(model, lm, ids, threads: int = 1, rounds: int = ROUNDS):
@@ -73,7 +73,7 @@ def first_token_side_by_side(model, lm, ids, rounds: int = ROUNDS * 3):
 
 def _info(benchmark, lm, art, **extra):
     benchmark.group = "gpt"
-    benchmark.extra_info.update({"scheme": lm.meta["quantization"]["scheme"], "threads": 1,
+    benchmark.extra_info.update({"scheme": lm.card.quantization.scheme, "threads": 1,
                                  "model": art["ckpt"].name, "model_bytes": art["onnx"].stat().st_size, **extra})
 
 
@@ -112,10 +112,10 @@ def test_gpt_every_quantization_scheme_within_budget(benchmark, gate, pair):
     """The export tried every scheme on this trained checkpoint: each holds the quality budget on the
     report half of the held-out data, or was rejected with its reason recorded."""
     _, lm, _, art = pair
-    ver = lm.meta["verification"]
+    ver = lm.card.verification
     tried = {s["step"].split(":", 1)[1] for s in ver["steps"] if s["step"].startswith("quantize:")}
     assert tried == {"int4", "int8-dynamic", "int8-nbits", "int8-static"}
-    accepted = benchmark(check_schemes, lm.meta)
+    accepted = benchmark(check_schemes, lm.card)
     _info(benchmark, lm, art, accepted=accepted, rejected=(ver.get("auto") or {}).get("rejected"),
           slices=ver.get("slices"))
     assert accepted, "auto accepted no quantized scheme"
@@ -126,8 +126,8 @@ def test_gpt_every_quantization_scheme_within_budget(benchmark, gate, pair):
 def test_gpt_default_export_size(benchmark, gate, pair):
     _, lm, _, art = pair
     size = benchmark(lambda: art["onnx"].stat().st_size)
-    _info(benchmark, lm, art, fp32_bytes=fp32_bytes(lm.meta))
-    gate("gpt.file_bytes_over_fp32", size / fp32_bytes(lm.meta))
+    _info(benchmark, lm, art, fp32_bytes=fp32_bytes(lm.card))
+    gate("gpt.file_bytes_over_fp32", size / fp32_bytes(lm.card))
 
 
 def test_gpt_load_import_and_peak_memory(benchmark, gate, pair):

@@ -11,6 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from edgekit.runtime.modelcard import ModelCard
+
 from checks import AnswerError, check_same_tokens, check_schemes, check_top_k, check_vectors
 from test_gpt import NEW_TOKENS, decode_side_by_side, first_token_side_by_side, pair  # noqa: F401 (fixture)
 
@@ -78,14 +80,14 @@ def test_vector_check_fails_on_a_drift_of_the_tolerance():
 
 def test_scheme_check_fails_on_an_accepted_scheme_outside_budget_or_an_unexplained_rejection(pair):
     lm = pair[1]
-    assert check_schemes(lm.meta)
-    bad = copy.deepcopy(lm.meta)
+    assert check_schemes(lm.card)
+    bad = lm.card.to_dict()
     step = next(s for s in bad["verification"]["steps"] if s["step"].startswith("quantize:") and s["ok"])
     step["parity"]["greedy_agreement"] = 0.90
     with pytest.raises(AnswerError, match="outside its budget"):
-        check_schemes(bad)
-    bad = copy.deepcopy(lm.meta)
+        check_schemes(ModelCard.from_dict(bad))
+    bad = lm.card.to_dict()
     step = next(s for s in bad["verification"]["steps"] if s["step"].startswith("quantize:"))
     step["ok"], step["note"] = False, ""
     with pytest.raises(AnswerError):
-        check_schemes(bad)
+        check_schemes(ModelCard.from_dict(bad))

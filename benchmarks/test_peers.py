@@ -266,7 +266,7 @@ def test_decode_vs_llamacpp_q8_0(benchmark, gate, peers):
     ratios = {**paired, "file": ek_bytes / ll_bytes}
     same_prefix = next((i for i, (a, b) in enumerate(zip(ek_tokens, ll_tokens)) if a != b), len(ek_tokens))
     ll_tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(peers["q8_0"]).tensors)
-    scheme = lm.meta["quantization"]["scheme"]
+    scheme = lm.card.quantization.scheme
     benchmark.extra_info.update({
         "checkpoint": str(peers["ckpt"]), "scheme": scheme, "threads": 1, "rounds": ROUNDS,
         "prompt_tokens": len(ids), "new_tokens": NEW_TOKENS, "temperature": TEMPERATURE, "top_k": TOP_K,

@@ -102,11 +102,11 @@ def test_seqae_latency_vs_torch_and_size(benchmark, gate, vector_models, preset)
     recon = benchmark(ae.reconstruct, x)
     with torch.no_grad():
         ref = model(xt, lt)[0][0].numpy()
-    fp32 = ae.meta["quantization"]["scheme"] == "fp32"
+    fp32 = ae.card.quantization.scheme == "fp32"
     diff = check_vectors(recon, ref, atol=1e-4 if fp32 else SEQAE_INT8_ATOL[preset], what=f"{preset} reconstruction")
     benchmark.extra_info["max_abs_diff_vs_torch"] = diff
     with torch.no_grad():
-        ratio = _record(benchmark, scheme=ae.meta["quantization"]["scheme"], model_path=m["onnx"],
+        ratio = _record(benchmark, scheme=ae.card.quantization.scheme, model_path=m["onnx"],
                         ours=lambda: ae.reconstruct(x), theirs=lambda: model(xt, lt))
     key = "baseline" if preset == "ae-baseline" else "attention"
     gate(f"seqae.{key}_latency_ratio_vs_torch", ratio)
@@ -128,11 +128,11 @@ def test_amn_latency_vs_torch_and_size(benchmark, gate, vector_models):
     nxt = benchmark(amn.predict_next, ctx)
     with torch.no_grad():
         ref = model(ct)[0].numpy()
-    fp32 = amn.meta["quantization"]["scheme"] == "fp32"
+    fp32 = amn.card.quantization.scheme == "fp32"
     diff = check_vectors(nxt, ref, atol=1e-4 if fp32 else AMN_INT8_ATOL, what="amn predict_next")
     benchmark.extra_info["max_abs_diff_vs_torch"] = diff
     with torch.no_grad():
-        ratio = _record(benchmark, scheme=amn.meta["quantization"]["scheme"], model_path=m["onnx"],
+        ratio = _record(benchmark, scheme=amn.card.quantization.scheme, model_path=m["onnx"],
                         ours=lambda: amn.predict_next(ctx), theirs=lambda: model(ct))
     gate("amn.latency_ratio_vs_torch", ratio)
     gate("amn.file_bytes", m["onnx"].stat().st_size)

@@ -2,10 +2,11 @@
 
     edgekit presets
     edgekit train phase3 --out runs/p3
-    edgekit export runs/p3/phase3.pt [--quant auto|fp32|int8|int4] [-o model.onnx]
+    edgekit export runs/p3/phase3.pt [--quant auto|fp32|int8|int4] [--target cpu|web] [-o model.onnx]
     edgekit infer runs/p3/phase3.onnx "def get_"
     edgekit inspect runs/p3/phase3.onnx
     edgekit bench runs/p3/phase3.onnx --budget benchmarks/budgets.toml
+    edgekit web soma-web.onnx -o site/
 
 Errors print one line ``edgekit: error: ...`` on stderr and exit non-zero; EDGEKIT_DEBUG=1 shows tracebacks.
 """
@@ -159,6 +160,9 @@ def train(preset, out, data, tokens, full_corpus, max_iters, eval_interval, pati
 @click.option("-o", "--out", default=None, help="Output .onnx path (default: next to the checkpoint).")
 @click.option("--quant", type=click.Choice(QUANT_CHOICES), default="auto", show_default=True,
               help="Quantization scheme; auto picks the smallest that is not slower than fp32 and within budget.")
+@click.option("--target", "deploy_target", type=click.Choice(["cpu", "web"]), default="cpu", show_default=True,
+              help="Where the file will run: cpu (native onnxruntime) or web (onnxruntime-web in a browser: "
+                   "schemes verified under wasm's numerics, timed in wasm; needs Node.js and `npm ci` in web/).")
 @click.option("--meta", default=None, help="nanoGPT character-level meta.pkl.")
 @click.option("--data", default=None, help="Held-out data for the quality checks (default: the family's).")
 @click.option("--threads", type=int, default=None,
@@ -166,7 +170,7 @@ def train(preset, out, data, tokens, full_corpus, max_iters, eval_interval, pati
                    "the speed measurements 1 thread).")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def export(checkpoint, out, quant, meta, data, threads, quiet, as_json):
+def export(checkpoint, out, quant, deploy_target, meta, data, threads, quiet, as_json):
     """Export CHECKPOINT to one verified, quantized, self-describing .onnx file.
 
     For a karpathy/nanoGPT ckpt.pt, data/<dataset>/meta.pkl and val.bin are found as nanoGPT's
@@ -186,7 +190,7 @@ def export(checkpoint, out, quant, meta, data, threads, quiet, as_json):
     check_writable_target(target, inputs=(checkpoint, meta))
     ckpt = load_checkpoint(checkpoint, meta=meta)
     opts = ExportOptions(out=target, quant=quant, meta=meta, data=data, threads=threads or 1, progress=not quiet,
-                         torch_threads_cap=threads)
+                         torch_threads_cap=threads, target=deploy_target)
     report = get_family(ckpt.family).exporter().export(ckpt, opts)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
@@ -256,6 +260,19 @@ def bench(model, budget_file, threads, as_json):
     click.echo(json.dumps(result, indent=2, default=str) if as_json else bench_table(result))
     if any(not r["ok"] for r in result["rows"]):
         sys.exit(EXIT_BUDGET)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--out", required=True, help="Folder to write the site into (new or empty).")
+@click.option("--json", "as_json", is_flag=True)
+def web(model, out, as_json):
+    """Write a static site that runs MODEL (exported with --target web) in the browser, offline."""
+    from edgekit.present import site_summary
+    from edgekit.web.site import write_site
+
+    summary = write_site(model, out=out)
+    click.echo(json.dumps(summary, indent=2) if as_json else site_summary(summary))
 
 
 def main():

@@ -32,6 +32,7 @@ class ExportOptions:
     threads: int = 1  # onnxruntime threads for verification and the speed measurements behind quant=auto
     progress: bool = True
     torch_threads_cap: int | None = None  # torch's threads (--threads or OMP_NUM_THREADS); None = all cores
+    target: str = "cpu"  # where the file will run: cpu (native onnxruntime) or web (onnxruntime-web, wasm)
 
     def torch_threads(self) -> int:
         import os

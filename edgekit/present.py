@@ -205,3 +205,13 @@ def bench_table(result: dict) -> str:
     broken = [r["message"] for r in result["rows"] if not r["ok"]]
     lines += [f"BROKEN {m}" for m in broken]
     return "\n".join(lines)
+
+
+# ----- edgekit web ---------------------------------------------------------------------------------
+def site_summary(summary: dict) -> str:
+    """`edgekit web`'s report: what was written, its size, and how to serve it."""
+    mb = 1024 * 1024
+    return (f"wrote {summary['site']}: {len(summary['files'])} files, {summary['bytes'] / mb:.1f} MB "
+            f"({summary['gzip_bytes'] / mb:.1f} MB gzipped; model {summary['model_gzip_bytes'] / mb:.2f} MB gzipped, "
+            f"{summary['scheme']})\n"
+            f"serve it with any static file server, e.g. python -m http.server -d {summary['site']} 8000")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import tempfile
@@ -27,7 +26,8 @@ import onnxruntime as ort
 import edgekit
 from edgekit.errors import ExportError
 from edgekit.fileio import atomic_path
-from edgekit.runtime.modelfile import FORMAT_VERSION, META_KEY, session_options
+from edgekit.runtime.modelcard import FORMAT_VERSION, META_KEY, ModelCard
+from edgekit.runtime.modelfile import session_options
 
 OPSET = 18
 
@@ -250,10 +250,12 @@ def quantize_nbits(model: onnx.ModelProto, *, bits: int = 4, block_size: int = 3
         return q.model.model
 
 
-def session(model: onnx.ModelProto | str | os.PathLike, *, threads: int | None = 1) -> ort.InferenceSession:
-    """An onnxruntime CPU session from a ModelProto or a path (used for verification and timing)."""
+def session(model: onnx.ModelProto | str | os.PathLike, *, threads: int | None = 1,
+            config: dict | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session from a ModelProto or a path (used for verification and timing); ``config``:
+    the session entries the file will ask its readers for (ModelCard deploy.session_config)."""
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(src, sess_options=session_options(threads, config), providers=["CPUExecutionProvider"])
 
 
 def max_abs_diff(a, b) -> float:
@@ -264,13 +266,15 @@ def max_abs_diff(a, b) -> float:
 
 
 def embed_metadata(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
-    """Store edgekit's metadata (one JSON object under the ``edgekit`` key) in the model."""
-    full = {"format": FORMAT_VERSION, "edgekit_version": edgekit.__version__, **meta}
+    """Store edgekit's metadata (one JSON object under the ``edgekit`` key) in the model, validated as a
+    reader validates it (ModelCard), so no file is written that the runtime would refuse."""
+    card = ModelCard.from_dict({"format": FORMAT_VERSION, "edgekit_version": edgekit.__version__, **meta},
+                               path="the exported model")
     for prop in list(model.metadata_props):
         if prop.key == META_KEY:
             model.metadata_props.remove(prop)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                        META_KEY: json.dumps(full, separators=(",", ":"))})
+                                        META_KEY: card.to_json()})
     model.producer_name = "edgekit"
     model.producer_version = edgekit.__version__
     return model

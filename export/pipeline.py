@@ -31,7 +31,7 @@ from typing import Callable
 
 import onnx
 
-from edgekit.errors import ExportError
+from edgekit.errors import ExportError, UsageError
 from edgekit.export import common
 from edgekit.export.common import ExportReport, StepRecord
 from edgekit.export.schemes import Choice, resolve
@@ -85,6 +85,7 @@ class ExportSpec:
     speed_veto: float | None = None  # auto rejects a candidate this many times slower than fp32 (None: never)
     size_tie: float = 0.0  # auto: sizes within this fraction of the smallest may be chosen for speed (SPEED_MARGIN)
     timing = {"rounds": 5, "calls": 1, "warmup": 1}  # interleaved()'s arguments for the workload
+    targets: tuple[str, ...] = ("cpu",)  # --target values the family can export for (gpt: cpu, web)
 
     def __init__(self, ckpt, opts, say: Callable[[str], None]):
         self.ckpt, self.opts, self.say = ckpt, opts, say
@@ -248,6 +249,9 @@ def run(spec_cls: type[ExportSpec], ckpt, opts) -> ExportReport:
     """Export ``ckpt`` as ``spec_cls`` declares, verify every step, write ``opts.out`` or raise with every failure."""
     t_start = time.time()
     choice = resolve(spec_cls.schemes, spec_cls.int8, opts.quant, family=spec_cls.family)
+    if opts.target not in spec_cls.targets:
+        raise UsageError(f"--target {opts.target} does not apply to {spec_cls.family} models; "
+                         f"choose one of {', '.join(spec_cls.targets)}")
     say = common.progress(opts)
     spec = spec_cls(ckpt, opts, say)
     try:

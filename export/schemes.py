@@ -24,6 +24,7 @@ VOCABULARY = {
     "int8-nbits": "8-bit MatMulNBits blocks (int8 compute), the tied embedding stored once",
     "int8-static": "static QDQ int8, calibrated on training windows",
     "int4": "4-bit MatMulNBits where the quality budget allows, 8-bit elsewhere",
+    "int8-weights": "int8 weights dequantized to fp32 when the file loads: int8 size, fp32 compute (the web's 8-bit)",
 }
 QUANT_CHOICES = ("auto", "fp32", "int8", *VOCABULARY)  # the CLI's --quant choices, in this order
 

@@ -9,7 +9,8 @@
 ``load`` reads the family recorded in the file and returns that family's model object
 (``GPTModel`` for language models, a scorer or encoder for the other families); ``family_runtime``
 is the one way to find a family's runtime module (its hooks: ``load``, ``bench_metrics``,
-``bench_workload``, ``weight_group``). The runtime returns objects and never prints.
+``bench_workload``, ``weight_group``); every model object carries the file's ``ModelCard`` as ``.card``.
+The runtime returns objects and never prints.
 Importing this package never imports torch, onnx or edgekit's models/.
 """
 from __future__ import annotations
@@ -19,9 +20,10 @@ import os
 
 from edgekit.errors import EdgekitError, ModelFileError
 from edgekit.registry import FAMILIES  # torch-free: entries are module paths
+from edgekit.runtime.modelcard import ModelCard
 from edgekit.runtime.modelfile import open_model
 
-__all__ = ["load", "family_runtime", "EdgekitError", "ModelFileError"]
+__all__ = ["load", "family_runtime", "ModelCard", "EdgekitError", "ModelFileError"]
 
 
 def family_runtime(family: str, *, path: str | os.PathLike = "model"):
@@ -33,5 +35,5 @@ def family_runtime(family: str, *, path: str | os.PathLike = "model"):
 
 def load(path: str | os.PathLike, *, threads: int | None = None):
     """Open an edgekit .onnx file and return the model object for its family."""
-    sess, meta = open_model(path, threads=threads)
-    return family_runtime(meta["family"], path=path).load(sess, meta, path=str(path), threads=threads)
+    sess, card = open_model(path, threads=threads)
+    return family_runtime(card.family, path=path).load(sess, card, path=str(path), threads=threads)

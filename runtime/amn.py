@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgekit.errors import UsageError
+from edgekit.runtime.modelcard import ModelCard
 from edgekit.runtime.vectors import check_vectors
 
 
@@ -22,13 +23,13 @@ class AMNModel:
 
     family = "amn"
 
-    def __init__(self, sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None):
+    def __init__(self, sess: ort.InferenceSession, card: ModelCard, *, path: str = "", threads: int | None = None):
         self.session = sess
-        self.meta = meta
+        self.card = card
         self.path = path
         self.threads = threads
-        self.dim = int(meta["config"]["dim"])
-        self.ctx = int(meta["config"]["ctx"])
+        self.dim = card.config["dim"]
+        self.ctx = card.config["ctx"]
 
     def predict_next(self, context) -> np.ndarray:
         """(T, D) -> (D,), or (B, T, D) -> (B, D); T >= ctx and only the last ctx vectors are read."""
@@ -43,8 +44,8 @@ class AMNModel:
         return nxt[0] if one else nxt
 
 
-def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None) -> AMNModel:
-    return AMNModel(sess, meta, path=path, threads=threads)
+def load(sess: ort.InferenceSession, card: ModelCard, *, path: str = "", threads: int | None = None) -> AMNModel:
+    return AMNModel(sess, card, path=path, threads=threads)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ import time
 from edgekit.budgets import DEFAULT, describe, evaluate, load_budgets
 from edgekit.errors import EdgekitError
 from edgekit.runtime import family_runtime, load
+from edgekit.runtime.modelcard import ModelCard
 
 
 def peak_rss_mb() -> float:
@@ -74,9 +75,9 @@ def fresh_process(path: str, rounds: int = 3) -> dict:
             "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "tokens": runs[-1]["tokens"]}
 
 
-def fp32_bytes(meta: dict) -> int | None:
+def fp32_bytes(card: ModelCard) -> int | None:
     """The fp32 graph's size as the export recorded it (the last fp32 step before quantization)."""
-    sizes = [s["bytes"] for s in meta.get("verification", {}).get("steps", [])
+    sizes = [s["bytes"] for s in card.verification.get("steps", ())
              if s["step"] in ("export", "simplify", "optimize") and s["ok"]]
     return sizes[-1] if sizes else None
 
@@ -106,7 +107,7 @@ def bench_model(path: str, *, budget_file: str | None = None, threads: int = 1) 
             rows.append({"metric": name, "measured": value, "budget": {}, "unit": "", "source": "", "ok": True,
                          "message": ""})
     return {"model": path, "family": model.family, "threads": threads,
-            "scheme": model.meta.get("quantization", {}).get("scheme", "fp32"), "rows": rows,
+            "scheme": model.card.quantization.scheme, "target": model.card.deploy.target, "rows": rows,
             "budgeted": sum(bool(r["budget"]) for r in rows)}
 
 

@@ -16,7 +16,8 @@ from typing import Iterable
 import numpy as np
 import onnxruntime as ort
 
-from edgekit.errors import UsageError
+from edgekit.errors import ModelFileError, UsageError
+from edgekit.runtime.modelcard import ModelCard
 
 BATCH = 4096  # words per onnxruntime call in score(); larger batches gain nothing on CPU
 
@@ -49,9 +50,11 @@ class WordScorer:
 
     family = "bytecnn"
 
-    def __init__(self, sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None):
-        self.sess, self.meta, self.path, self.threads = sess, meta, path, threads
-        self.max_len = int(meta.get("max_len") or meta["config"]["max_len"])
+    def __init__(self, sess: ort.InferenceSession, card: ModelCard, *, path: str = "", threads: int | None = None):
+        self.sess, self.card, self.path, self.threads = sess, card, path, threads
+        self.max_len = card.family_fields.get("max_len") or card.config.get("max_len")
+        if not (isinstance(self.max_len, int) and self.max_len > 0):
+            raise ModelFileError(f"{path}: edgekit metadata 'max_len' must be a positive integer; got {self.max_len!r}")
         self._input = sess.get_inputs()[0].name
         self._output = sess.get_outputs()[0].name
         # score_one writes into this buffer in place; IOBinding keeps onnxruntime from re-wrapping it per call
@@ -87,12 +90,12 @@ class WordScorer:
         return float(self._out_one[0])
 
     def __repr__(self) -> str:
-        q = self.meta.get("quantization", {}).get("scheme", "?")
+        q = self.card.quantization.scheme
         return f"WordScorer({self.path!r}, max_len={self.max_len}, quantization={q})"
 
 
-def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None) -> WordScorer:
-    return WordScorer(sess, meta, path=path, threads=threads)
+def load(sess: ort.InferenceSession, card: ModelCard, *, path: str = "", threads: int | None = None) -> WordScorer:
+    return WordScorer(sess, card, path=path, threads=threads)
 
 
 def bench_metrics(model: WordScorer, path: str) -> dict:

@@ -32,6 +32,7 @@ from edgekit.runtime.gpt_hooks import (  # noqa: F401  (the family hooks, found 
     bench_metrics, bench_workload, quality_from_file, threads_ratio, weight_group)
 from edgekit.runtime.gpt_sampling import (  # noqa: F401  (re-exported: tests, benchmarks and export import them here)
     MAX_NEW_TOKENS_LIMIT, MIN_TEMPERATURE, WINDOWS, SamplingOptions, penalize, sample_next)
+from edgekit.runtime.modelcard import ModelCard
 from edgekit.runtime.tokenizer import Tokenizer, from_spec
 
 
@@ -117,14 +118,14 @@ class GPTModel:
 
     family = "gpt"
 
-    def __init__(self, sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None):
-        self.session, self.meta, self.path, self.threads = sess, meta, path, threads
-        cfg = meta["config"]
-        self.block_size = int(cfg["block_size"])
-        self.n_layer, self.n_head = int(cfg["n_layer"]), int(cfg["n_head"])
-        self.head_size = int(cfg["n_embd"]) // self.n_head
-        self.tokenizer: Tokenizer = from_spec(meta["tokenizer"])
-        self.vocab_size = int(meta.get("vocab_size", cfg["vocab_size"]))
+    def __init__(self, sess: ort.InferenceSession, card: ModelCard, *, path: str = "", threads: int | None = None):
+        self.session, self.card, self.path, self.threads = sess, card, path, threads
+        cfg = card.config
+        self.block_size = card.block_size
+        self.n_layer, self.n_head = cfg["n_layer"], cfg["n_head"]
+        self.head_size = cfg["n_embd"] // self.n_head
+        self.tokenizer: Tokenizer = from_spec(card.tokenizer)
+        self.vocab_size = card.vocab_size
         self._past_names = [f"past.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
         self._present_names = [f"present.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
         inputs = {i.name for i in sess.get_inputs()}
@@ -133,8 +134,7 @@ class GPTModel:
             from edgekit.errors import ModelFileError
 
             raise ModelFileError(f"{path}: graph lacks inputs {sorted(missing)[:4]}; not an edgekit GPT export")
-        self.defaults = meta.get("generation", {})
-        self._keep = self.block_size - self.block_size // 4
+        self._keep = card.window_keep
         # exports since edgekit 0.2 wrap the step in an ONNX Loop (input ``steps``, output ``tokens``):
         # greedy decoding then runs many steps per onnxruntime call; older files run one step per call
         self._looped_graph = "steps" in inputs and "tokens" in {o.name for o in sess.get_outputs()}
@@ -334,10 +334,10 @@ class GPTModel:
     # ----- public API ----------------------------------------------------------------------------
     def _opts(self, max_new_tokens, temperature, top_k, top_p, seed, stop, heal=True, repeat_penalty=1.0,
               repeat_last_n=64, window="slide") -> SamplingOptions:
-        d = self.defaults
+        d = self.card.generation
         stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        return SamplingOptions(max_new_tokens=d.get("max_new_tokens", 64) if max_new_tokens is None else max_new_tokens,
-                               temperature=d.get("temperature", 0.0) if temperature is None else temperature,
+        return SamplingOptions(max_new_tokens=d.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                               temperature=d.temperature if temperature is None else temperature,
                                top_k=top_k, top_p=top_p, seed=seed, stop=stop, heal=heal,
                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, window=window)
 
@@ -402,6 +402,6 @@ class GPTModel:
         return self.run([self.encode(p) for p in prompts], opts)
 
 
-def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None) -> GPTModel:
-    return GPTModel(sess, meta, path=path, threads=threads)
+def load(sess: ort.InferenceSession, card: ModelCard, *, path: str = "", threads: int | None = None) -> GPTModel:
+    return GPTModel(sess, card, path=path, threads=threads)
 

@@ -15,6 +15,7 @@ from edgekit.runtime.gpt_sampling import SamplingOptions
 
 if TYPE_CHECKING:
     from edgekit.runtime.gpt import GPTModel
+    from edgekit.runtime.modelcard import ModelCard
 
 
 def threads_ratio(path: str, *, prompt_ids: list[int], new_tokens: int = 48, rounds: int = 7) -> tuple[float, list]:
@@ -36,10 +37,10 @@ def threads_ratio(path: str, *, prompt_ids: list[int], new_tokens: int = 48, rou
     return statistics.median(two) / statistics.median(one), [g1.token_ids, g2.token_ids]
 
 
-def quality_from_file(meta: dict) -> dict:
+def quality_from_file(card: ModelCard) -> dict:
     """The export's own figures, stored in the file: worst held-out loss delta and greedy agreement over
     the schemes it accepted (measured on the report half of its held-out tokens, not the half it chose on)."""
-    steps = [s for s in meta.get("verification", {}).get("steps", []) if s["step"].startswith("quantize:")]
+    steps = [s for s in card.verification.get("steps", ()) if s["step"].startswith("quantize:")]
     accepted = [s["parity"] for s in steps if s["ok"]]
     if not accepted:
         return {}
@@ -63,10 +64,10 @@ def bench_metrics(lm: GPTModel, path: str, *, prompt: str = "def get_value(self,
         rates.append(g.tokens_per_s)
         ttfts.append(g.ttft_ms)
     out = {}
-    fp32 = fp32_bytes(lm.meta)
+    fp32 = fp32_bytes(lm.card)
     if fp32:
         out["file_bytes_over_fp32"] = os.path.getsize(path) / fp32
-    out.update(quality_from_file(lm.meta))
+    out.update(quality_from_file(lm.card))
     ratio, (t1, t2) = threads_ratio(path, prompt_ids=ids, new_tokens=new_tokens, rounds=rounds)
     if t1 != t2:
         raise EdgekitError(f"{path}: 2 threads decode different tokens than 1 thread ({t1[:8]} vs {t2[:8]})")

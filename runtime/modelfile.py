@@ -1,29 +1,28 @@
 """Reading edgekit model files: an onnxruntime session plus the metadata edgekit wrote into the file.
 
-    sess, meta = open_model("phase3.onnx", threads=1)
-    meta["family"], meta["config"], meta["tokenizer"]
+    sess, card = open_model("phase3.onnx", threads=1)
+    card.family, card.config, card.tokenizer          # a ModelCard (runtime/modelcard.py)
 
-All of edgekit's metadata sits under one ONNX metadata key, ``edgekit``, as a JSON object:
-format, family, config, tokenizer, generation defaults, quantization recipe, verification figures,
-source checkpoint sha256 and the edgekit version. Nothing outside the file is needed.
+All of edgekit's metadata sits under one ONNX metadata key, ``edgekit``, as a JSON object (the format:
+docs/model-file.md): format, family, config, tokenizer, generation defaults, quantization recipe,
+deploy target, verification figures, source checkpoint sha256 and the edgekit version. Nothing outside
+the file is needed.
 """
 from __future__ import annotations
 
-import json
+import mmap
 import os
 from pathlib import Path
 
 import onnxruntime as ort
 
 from edgekit.errors import ModelFileError
-
-META_KEY = "edgekit"
-FORMAT_VERSION = 1
-REQUIRED = ("format", "family", "config")
+from edgekit.runtime.modelcard import FORMAT_VERSION, META_KEY, ModelCard  # noqa: F401 (re-exported)
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
-    """Options for low-latency CPU inference: sequential execution, every graph optimization."""
+def session_options(threads: int | None, config: dict | None = None) -> ort.SessionOptions:
+    """Options for low-latency CPU inference: sequential execution, every graph optimization; ``config``:
+    session entries the file asks for (its ModelCard's deploy.session_config, validated there)."""
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ModelFileError(f"threads must be a positive integer or None (all cores); got {threads!r}")
     so = ort.SessionOptions()
@@ -34,29 +33,79 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     if threads == 1:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(k, v)
     return so
 
 
-def parse_metadata(raw: str | None, *, path: str = "model") -> dict:
-    """Validate the ``edgekit`` metadata JSON; a missing or tampered entry is a clear error."""
-    if raw is None:
-        raise ModelFileError(f"{path} has no edgekit metadata; export it with `edgekit export` "
-                             "(plain ONNX files are not edgekit models)")
+def _varint(buf, i: int) -> tuple[int, int]:
+    v = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated or bad varint")
+        byte = buf[i]
+        v |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return v, i
+        shift += 7
+
+
+def _fields(buf, start: int = 0, end: int | None = None):
+    """(field number, payload slice or None) of each field of one protobuf message in buf[start:end]."""
+    i, end = start, len(buf) if end is None else end
+    while i < end:
+        tag, i = _varint(buf, i)
+        kind = tag & 7
+        if kind == 0:
+            _, i = _varint(buf, i)
+            yield tag >> 3, None
+        elif kind in (1, 5):
+            i += 8 if kind == 1 else 4
+            yield tag >> 3, None
+        elif kind == 2:
+            n, i = _varint(buf, i)
+            if i + n > end:
+                raise ValueError("truncated")
+            yield tag >> 3, (i, i + n)
+            i += n
+        else:
+            raise ValueError(f"wire type {kind}")
+        if i > end:
+            raise ValueError("truncated")
+
+
+def read_metadata(path: str | os.PathLike) -> str | None:
+    """The ``edgekit`` metadata_props value of an ONNX file, read before any session exists (a session's
+    options depend on it: ModelCard.deploy.session_config). A ModelProto's field 14 is metadata_props
+    (StringStringEntryProto: key 1, value 2); every other field, the graph with its weights too, is skipped
+    by its length over a memory map, so only the pages holding field headers are read. Written by hand:
+    the runtime does not import onnx (web/modelfile.js is the same reader in JavaScript). Raises ValueError
+    for bytes that are not a protobuf message."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        for num, span in _fields(buf):
+            if num != 14 or span is None:
+                continue
+            entry = {n: bytes(buf[s[0]:s[1]]) for n, s in _fields(buf, *span) if s is not None and n in (1, 2)}
+            if entry.get(1, b"").decode("utf-8", errors="replace") == META_KEY:
+                return entry.get(2, b"").decode("utf-8")
+    return None
+
+
+def _session(path: Path, threads: int | None, config: dict | None) -> ort.InferenceSession:
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{path}: edgekit metadata is not valid JSON ({e.msg}); the file was altered") from None
-    if not isinstance(meta, dict) or any(k not in meta for k in REQUIRED):
-        raise ModelFileError(f"{path}: edgekit metadata lacks {', '.join(k for k in REQUIRED if k not in (meta if isinstance(meta, dict) else {}))}")
-    if meta["format"] != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: edgekit metadata format {meta['format']!r} is not supported (this "
-                             f"edgekit reads format {FORMAT_VERSION})")
-    if not isinstance(meta["config"], dict):
-        raise ModelFileError(f"{path}: edgekit metadata 'config' must be an object")
-    return meta
+        return ort.InferenceSession(str(path), sess_options=session_options(threads, config),
+                                    providers=["CPUExecutionProvider"])
+    except ModelFileError:
+        raise
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types for corrupt files
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ModelFileError(f"{path} is not a loadable ONNX model ({first[:160]})") from None
 
 
-def open_model(path: str | os.PathLike, *, threads: int | None = None) -> tuple[ort.InferenceSession, dict]:
+def open_model(path: str | os.PathLike, *, threads: int | None = None) -> tuple[ort.InferenceSession, ModelCard]:
+    """The file's ModelCard and an onnxruntime session made as the card asks; a missing, empty, corrupt or
+    non-edgekit file is a ModelFileError (the metadata is validated before onnxruntime parses the graph)."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
@@ -65,12 +114,10 @@ def open_model(path: str | os.PathLike, *, threads: int | None = None) -> tuple[
     if path.stat().st_size == 0:
         raise ModelFileError(f"model file {str(path)!r} is empty")
     try:
-        sess = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                    providers=["CPUExecutionProvider"])
-    except ModelFileError:
-        raise
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf/... types for corrupt files
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ModelFileError(f"{path} is not a loadable ONNX model ({first[:160]})") from None
-    meta = parse_metadata(sess.get_modelmeta().custom_metadata_map.get(META_KEY), path=str(path))
-    return sess, meta
+        raw = read_metadata(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{path} is not a loadable ONNX model ({e})") from None
+    if raw is None:
+        _session(path, threads, None)  # a corrupt file says so; a plain ONNX file lacks the metadata
+    card = ModelCard.from_json(raw, path=str(path))
+    return _session(path, threads, dict(card.deploy.session_config)), card

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgekit.errors import UsageError
+from edgekit.runtime.modelcard import ModelCard
 from edgekit.runtime.vectors import check_vectors
 
 
@@ -25,13 +26,13 @@ class SeqAEModel:
 
     family = "seqae"
 
-    def __init__(self, sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None):
+    def __init__(self, sess: ort.InferenceSession, card: ModelCard, *, path: str = "", threads: int | None = None):
         self.session = sess
-        self.meta = meta
+        self.card = card
         self.path = path
         self.threads = threads
-        self.dim = int(meta["config"]["input_dim"])
-        self.bottleneck = int(meta["config"]["bottleneck"])
+        self.dim = card.config["input_dim"]
+        self.bottleneck = card.config["bottleneck"]
 
     def _batch(self, vectors, lengths) -> tuple[np.ndarray, np.ndarray, str]:
         """(B, T, D) float32, lengths (B,) int64 and the input's form: "one", "batch" or "list"."""
@@ -91,8 +92,8 @@ class SeqAEModel:
         return {"token_cosine": (cos * mask).sum(1) / mask.sum(1), "sequence_cosine": seq}
 
 
-def load(sess: ort.InferenceSession, meta: dict, *, path: str = "", threads: int | None = None) -> SeqAEModel:
-    return SeqAEModel(sess, meta, path=path, threads=threads)
+def load(sess: ort.InferenceSession, card: ModelCard, *, path: str = "", threads: int | None = None) -> SeqAEModel:
+    return SeqAEModel(sess, card, path=path, threads=threads)
 
 
 def lengths_from_padding(x: np.ndarray) -> np.ndarray | None:
@@ -124,9 +125,9 @@ def bench_metrics(model: SeqAEModel, path: str) -> dict:
 
     from edgekit.runtime.bench import p50_us
 
-    x = np.random.default_rng(0).standard_normal((17, model.meta["config"]["input_dim"])).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((17, model.dim)).astype(np.float32)
     out = {"reconstruct_p50_us": p50_us(lambda: model.reconstruct(x))}
-    preset = model.meta.get("preset") or ""
+    preset = model.card.family_fields.get("preset") or ""
     if preset.startswith("ae-"):
         out[f"{preset[3:]}_file_bytes"] = os.path.getsize(path)
     return out

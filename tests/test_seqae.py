@@ -86,7 +86,7 @@ def test_runtime_matches_torch_and_handles_batches(tiny_ae, preset):
     from edgekit.train.checkpoint import load_checkpoint
 
     ae = load(tiny_ae[preset]["onnx"], threads=1)
-    assert ae.family == "seqae" and ae.meta["family"] == "seqae"
+    assert ae.family == "seqae" and ae.card.family == "seqae"
     model = load_checkpoint(tiny_ae[preset]["ckpt"]).build_model()
     a = vectors.token_table()[vectors.token_ids("Return a new list of the sorted items.")]
     b = vectors.token_table()[vectors.token_ids("Close the file.")]
