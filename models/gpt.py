@@ -67,6 +67,12 @@ PRESETS: dict[str, GPTPreset] = {
                         note="notes 004 phase 4 (23k tokens there: overtrained without early stopping)"),
     "soma": GPTPreset("soma", GPTConfig(128, 576, 3, 4, 128), TrainDefaults(1500, 16, 1e-3, 100, tokens=None),
                       tokenizer="bpe:576", note="notes 002 showcase: 3 layers, 4 heads, d_model 128, 576-token vocabulary"),
+    # GPT-2's shapes as karpathy/nanoGPT trains them (config/train_gpt2.py; vocabulary padded to 50,304): the
+    # notes' production advice (fine-tune GPT-2) and the sizes issue 21 exports; train them on a GPU
+    **{name: GPTPreset(name, GPTConfig(1024, 50304, layers, heads, width), TrainDefaults(2500, 32, 6e-4, 100, patience=8),
+                       note=f"GPT-2 {size} shape as nanoGPT trains it (block 1024, vocab padded to 50,304)")
+       for name, size, layers, heads, width in (("gpt2", "124M", 12, 12, 768), ("gpt2-medium", "350M", 24, 16, 1024),
+                                                ("gpt2-large", "774M", 36, 20, 1280), ("gpt2-xl", "1558M", 48, 25, 1600))},
 }
 
 

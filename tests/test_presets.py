@@ -13,6 +13,8 @@ def test_presets_cli_prints_exact_counts():
     for name, n in EXPECTED.items():
         assert rows[name]["params"] == n and rows[name]["family"] == "gpt"
     assert rows["soma"]["params"] == 685_184  # 3 layers, 4 heads, d_model 128, 576 tokens, block 128
+    # nanoGPT's GPT-2 shapes (vocabulary padded to 50,304; model.py's from_pretrained and config/train_gpt2.py)
+    assert rows["gpt2"]["params"] == 124_475_904 and rows["gpt2-xl"]["params"] == 1_557_686_400
 
 
 def test_presets_table_lists_every_family():
