@@ -200,26 +200,34 @@ def export(checkpoint, out, quant, deploy_target, meta, data, threads, quiet, as
                    f"in {report.seconds:.1f}s")
 
 
+def _sampling_flags(command):
+    """One click option per ``SamplingOptions`` field (flag, type and help from the field; values are checked
+    by ``SamplingOptions.validate``, the one place, so the CLI, Python and HTTP refuse the same values)."""
+    from dataclasses import fields
+
+    from edgekit.runtime.gpt_sampling import SamplingOptions, cli_flag
+
+    for f in reversed(fields(SamplingOptions)):
+        flag, text = cli_flag(f.name), f.metadata["help"] + " (GPT)"
+        if f.type == "bool":  # on by default: the flag turns it off
+            opt = click.option(flag, f.name, flag_value=False, default=None, help=text)
+        elif f.type.startswith("tuple"):
+            opt = click.option(flag, f.name, multiple=True, help=text)
+        else:
+            kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
+            default = f" (default {f.default})" if f.default is not None else ""
+            opt = click.option(flag, f.name, type=kind, default=None, help=text + default)
+        command = opt(command)
+    return command
+
+
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("model")
 @click.argument("inputs", nargs=-1)
-@click.option("--max-new-tokens", type=int, default=None, help="Tokens to generate (GPT).")
-@click.option("--temperature", type=float, default=None, help="0 = greedy (GPT).")
-@click.option("--top-k", type=int, default=None)
-@click.option("--top-p", type=float, default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--repeat-penalty", type=float, default=None,
-              help="llama.cpp's repetition penalty on the last --repeat-last-n tokens (GPT; 1 = off, e.g. 1.1).")
-@click.option("--repeat-last-n", type=int, default=None, help="Tokens the repetition penalty looks back at (GPT; default 64).")
-@click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
-@click.option("--no-heal", is_flag=True, help="Feed the prompt's tokens as they are (no token healing; GPT).")
-@click.option("--window", type=click.Choice(["slide", "exact"]), default=None,
-              help="Past the block: slide (re-encode the last 3/4 block when full, fast) or exact (nanoGPT's "
-                   "crop to the last block_size tokens every step; one prefill per token). Default: slide.")
+@_sampling_flags
 @click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
-def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, repeat_penalty, repeat_last_n, stop, no_heal,
-          window, threads, as_json):
+def infer(model, inputs, threads, as_json, **sampling):
     """Run MODEL on INPUTS: a prompt (GPT), words (bytecnn) or a .npy/text (vector families); '-' reads stdin."""
     if threads is not None and threads < 1:
         raise click.BadParameter(f"must be at least 1; got {threads}", param_hint="--threads")
@@ -227,10 +235,47 @@ def infer(model, inputs, max_new_tokens, temperature, top_k, top_p, seed, repeat
     from edgekit.runtime import load
 
     lm = load(model, threads=threads)
-    opts = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-            "seed": seed, "stop": list(stop), "json": as_json, "repeat_penalty": repeat_penalty,
-            "repeat_last_n": repeat_last_n, "no_heal": no_heal or None, "window": window}
-    return run_inputs(lm, list(inputs), opts)
+    return run_inputs(lm, list(inputs), {**sampling, "json": as_json})
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port (0 = any free port).")
+@click.option("--parallel", type=int, default=8, show_default=True,
+              help="Batch slots: requests generating at once in one batch (continuous batching).")
+@click.option("--max-queue", type=int, default=64, show_default=True,
+              help="Requests waiting for a slot; beyond, 503 with Retry-After.")
+@click.option("--api-key", envvar="EDGEKIT_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' (default: $EDGEKIT_API_KEY; none = open).")
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds a request may take (504).")
+@click.option("--drain", type=float, default=30.0, show_default=True,
+              help="Seconds SIGTERM/SIGINT waits for requests in flight before exiting.")
+@_sampling_flags
+def serve(model, host, port, parallel, max_queue, api_key, threads, timeout, drain, **sampling):
+    """Serve MODEL over HTTP in OpenAI's shapes: /v1/completions (streaming, logprobs), /v1/models, /health,
+    /metrics, and the family's own routes (/tokenize, /v1/embeddings, ...). Sampling flags set the defaults
+    of requests that do not give them."""
+    for name, v, lo, hi in (("--port", port, 0, 65535), ("--parallel", parallel, 1, 256),
+                            ("--max-queue", max_queue, 1, 4096), ("--threads", threads, 1, 1024)):
+        if v is not None and not lo <= v <= hi:
+            raise click.BadParameter(f"must be from {lo} to {hi}; got {v}", param_hint=name)
+    for name, v in (("--timeout", timeout), ("--drain", drain)):
+        if not 0 < v < float("inf"):
+            raise click.BadParameter(f"must be a positive number of seconds; got {v}", param_hint=name)
+    if not os.path.isfile(model):
+        raise click.BadParameter(f"{model!r} is not a file", param_hint="MODEL")
+    try:
+        from edgekit.serve.main import serve as run_server
+        from edgekit.serve.app import ServeOptions
+    except ImportError as e:
+        raise click.ClickException(f"edgekit serve needs the serve extra ({e.name} is missing): "
+                                   "pip install 'edgekit[serve]'") from None
+    defaults = {k: v for k, v in sampling.items() if v not in (None, ())}
+    return run_server(ServeOptions(model=model, host=host, port=port, parallel=parallel, max_queue=max_queue,
+                                   api_key=api_key or None, threads=threads, timeout=timeout, drain=drain,
+                                   defaults=tuple(defaults.items())))
 
 
 @cli.command()

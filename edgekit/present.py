@@ -16,12 +16,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from edgekit.errors import UsageError
+from edgekit.runtime.gpt_sampling import SamplingOptions, cli_flag
 
-# generation options: GPT's; the other families refuse them instead of ignoring them
-GENERATION_OPTIONS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "no_heal", "window", "repeat_penalty",
-                      "repeat_last_n")
-BYTECNN_REFUSED = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "no_heal", "window",
-                   "repeat_penalty", "repeat_last_n")  # in this order: the error names the first given
+# generation options (SamplingOptions' fields): GPT's; the other families refuse them instead of ignoring them
+GENERATION_OPTIONS = tuple(n for n in SamplingOptions.names() if n != "seed")
+BYTECNN_REFUSED = SamplingOptions.names()  # in this order: the error names the first given
 STDIN_CHUNK = 8192  # words read from stdin before each scoring call (bytecnn)
 SEQAE_TEXT_HINT = ('this model file carries no vocabulary; make a .npy of MiniLM token vectors with '
                    '`python -m edgekit.train.vectors tokens "TEXT" -o x.npy` (needs edgekit[all]) and pass that')
@@ -35,7 +34,7 @@ def _given(opts: dict, names: Iterable[str]) -> list[str]:
 
 def _reject_generation_options(opts: dict, *, family: str) -> None:
     """GPT's generation options mean nothing for vector models: say so instead of ignoring them."""
-    given = [f"--{k.replace('_', '-')}" for k in _given(opts, GENERATION_OPTIONS)]
+    given = [cli_flag(k) for k in _given(opts, GENERATION_OPTIONS)]
     if given:
         raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to GPT models only; "
                          f"{family} models take vectors (.npy)")
@@ -53,20 +52,16 @@ def gpt(model, inputs: list[str], opts: dict) -> int:
             prompt = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise UsageError(f"stdin is not valid UTF-8 (byte {e.start}); give UTF-8 text") from None
-    kwargs = dict(max_new_tokens=opts.get("max_new_tokens"), temperature=opts.get("temperature"),
-                  top_k=opts.get("top_k"), top_p=opts.get("top_p"), seed=opts.get("seed"), stop=opts.get("stop"),
-                  heal=not opts.get("no_heal"), window=opts.get("window") or "slide")
-    for key in ("repeat_penalty", "repeat_last_n"):
-        if opts.get(key) is not None:
-            kwargs[key] = opts[key]
+    options = model.options(**{k: opts[k] for k in SamplingOptions.names() if opts.get(k) not in (None, ())})
+    model.encode(prompt)  # a bad prompt or option is refused before anything is written
     out = sys.stdout
     if opts.get("json"):
-        g = model.generate(prompt, **kwargs)
+        g = model.generate(prompt, options=options)
         out.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")
         return 0
     out.write(prompt)
     out.flush()
-    for piece in model.stream(prompt, **kwargs):
+    for piece in model.stream(prompt, options=options):
         out.write(piece)
         out.flush()
     out.write("\n")
@@ -99,7 +94,7 @@ def bytecnn(model, inputs: list[str], opts: dict) -> int:
 
     given = _given(opts, BYTECNN_REFUSED)
     if given:
-        raise UsageError(f"--{given[0].replace('_', '-')} does not apply to word scorers (bytecnn); "
+        raise UsageError(f"{cli_flag(given[0])} does not apply to word scorers (bytecnn); "
                          "give words and optionally --json or --threads")
     if not inputs or inputs == ["-"]:
         source: Iterable[str] = _stdin_words()

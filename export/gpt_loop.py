@@ -11,15 +11,18 @@ from edgekit.errors import ExportError
 
 
 def _sampler_nodes(p: str, logits: str, token: str) -> list[onnx.NodeProto]:
-    """The in-graph sampler: repetition penalty, top-k, temperature, top-p and an inverse-CDF draw.
+    """The in-graph sampler: repetition penalty, top-k, temperature, top-p and an inverse-CDF draw, per row.
 
-    Reads (from the enclosing graph) ``temperature`` and ``top_p`` (float scalars), ``top_k`` (int64
-    (1,)), ``repeat_penalty`` (float scalar), and from the loop state ``recent_ids`` (B, N) and the
-    step's uniform ``u`` (B,). Writes ``token`` (B, 1) int64. Greedy is the same path with top_k 1
-    (TopK keeps the lower index on ties, as ArgMax does). The draw runs over the k survivors sorted
-    by descending probability: ``count(cumsum(p) < u * sum(p))`` (runtime.gpt.sample_next mirrors it).
-    Repetition penalty as llama.cpp's: a logit of a token among the last N is divided by the penalty
-    when positive, multiplied when not, once per distinct token (duplicates scatter the same value).
+    Reads (from the enclosing graph) ``temperature``, ``top_p`` and ``repeat_penalty`` (float (B, 1)),
+    ``top_k`` (int64 (1,): the batch's largest k), ``row_top_k`` (int64 (B, 1): each row's own k) and
+    ``recent_window`` (int64 (B, 1): how many of the last ``recent_ids`` columns each row penalizes), and
+    from the loop state ``recent_ids`` (B, N) and the step's uniform ``u`` (B,). Writes ``token`` (B, 1)
+    int64. So rows with different settings share one call (edgekit serve's batches). Greedy is the same
+    path with k 1 (TopK keeps the lower index on ties, as ArgMax does). The draw runs over each row's k
+    survivors sorted by descending probability: ``count(cumsum(p) < u * sum(p))`` (runtime.gpt.sample_next
+    mirrors it). Repetition penalty as llama.cpp's: a logit of a token among the row's last n ids is
+    divided by the penalty when positive, multiplied when not, once per distinct token (columns outside a
+    row's window read its newest id instead, so duplicates scatter the same value).
     """
     from onnx import TensorProto as TP
     from onnx import helper as h
@@ -27,40 +30,60 @@ def _sampler_nodes(p: str, logits: str, token: str) -> list[onnx.NodeProto]:
     def const(name, dtype, dims, vals):
         return h.make_node("Constant", [], [name], value=h.make_tensor(name, dtype, dims, vals))
 
-    outer = {"temperature", "top_k", "top_p", "repeat_penalty"}  # read from the enclosing graph
+    outer = {"temperature", "top_k", "top_p", "repeat_penalty", "row_top_k", "recent_window"}  # enclosing graph
 
     def n(op, ins, outs, **kw):
         return h.make_node(op, [x if x in outer else p + x for x in ins], [p + o for o in outs], **kw)
 
-    return [
-        h.make_node("GatherElements", [logits, p + "recent_ids"], [p + "seen"], axis=1),  # (B, N)
+    window = [  # recent_ids columns outside each row's window -> the row's newest id (B, N)
+        const(p + "i0", TP.INT64, [], [0]), const(p + "i1", TP.INT64, [], [1]),
+        const(p + "ax1v", TP.INT64, [1], [1]), const(p + "neg1", TP.INT64, [1], [-1]),
+        const(p + "int_max_v", TP.INT64, [1], [2**62]),
+        n("Shape", ["recent_ids"], ["n_recent_v"], start=1, end=2),
+        n("Squeeze", ["n_recent_v"], ["n_recent"]),
+        n("Range", ["i0", "n_recent", "i1"], ["rcols"]),  # (N,)
+        n("Sub", ["n_recent_v", "recent_window"], ["rstart"]),  # (B, 1)
+        n("GreaterOrEqual", ["rcols", "rstart"], ["ractive"]),  # (B, N)
+        n("Slice", ["recent_ids", "neg1", "int_max_v", "ax1v"], ["newest"]),  # (B, 1)
+        n("Where", ["ractive", "recent_ids", "newest"], ["recent_eff"]),
+    ]
+    penalty = [
+        h.make_node("GatherElements", [logits, p + "recent_eff"], [p + "seen"], axis=1),  # (B, N)
         const(p + "f0", TP.FLOAT, [], [0.0]),
         n("Greater", ["seen", "f0"], ["seen_pos"]),
         n("Div", ["seen", "repeat_penalty"], ["seen_div"]),
         n("Mul", ["seen", "repeat_penalty"], ["seen_mul"]),
         n("Where", ["seen_pos", "seen_div", "seen_mul"], ["seen_new"]),
-        h.make_node("ScatterElements", [logits, p + "recent_ids", p + "seen_new"], [p + "penalized"], axis=1),
-        n("TopK", ["penalized", "top_k"], ["kv", "ki"], axis=-1, largest=1, sorted=1),  # (B, k) each
-        n("Div", ["kv", "temperature"], ["kz"]),
+        h.make_node("ScatterElements", [logits, p + "recent_eff", p + "seen_new"], [p + "penalized"], axis=1),
+    ]
+    top_k = [  # the batch's largest k, then each row's own: the rest -inf
+        n("TopK", ["penalized", "top_k"], ["kv", "ki"], axis=-1, largest=1, sorted=1),  # (B, K) each
+        n("Shape", ["kv"], ["k_all_v"], start=1, end=2),
+        n("Squeeze", ["k_all_v"], ["k_all"]),
+        n("Range", ["i0", "k_all", "i1"], ["kcols"]),  # (K,)
+        n("GreaterOrEqual", ["kcols", "row_top_k"], ["beyond"]),  # (B, K)
+        const(p + "ninf", TP.FLOAT, [], [float("-inf")]),
+        n("Where", ["beyond", "ninf", "kv"], ["kv_row"]),
+    ]
+    draw = [
+        n("Div", ["kv_row", "temperature"], ["kz"]),
         n("Softmax", ["kz"], ["kp"], axis=-1),
-        const(p + "ax1", TP.INT64, [], [1]),
-        n("CumSum", ["kp", "ax1"], ["kc"]),
+        n("CumSum", ["kp", "i1"], ["kc"]),
         n("Sub", ["kc", "kp"], ["before"]),
         n("Less", ["before", "top_p"], ["keep"]),  # nucleus: always keeps the most likely token
         n("Where", ["keep", "kp", "f0"], ["kq"]),
-        n("CumSum", ["kq", "ax1"], ["kc2"]),
-        const(p + "ax1v", TP.INT64, [1], [1]),
+        n("CumSum", ["kq", "i1"], ["kc2"]),
         n("ReduceMax", ["kc2", "ax1v"], ["total"], keepdims=1),  # (B, 1)
         n("Unsqueeze", ["u", "ax1v"], ["u2"]),  # (B, 1)
         n("Mul", ["u2", "total"], ["thr"]),
         n("Less", ["kc2", "thr"], ["below"]),
         n("Cast", ["below"], ["below_i"], to=TP.INT64),
         n("ReduceSum", ["below_i", "ax1v"], ["pick"], keepdims=1),  # (B, 1)
-        const(p + "i1", TP.INT64, [], [1]),
-        n("Sub", ["top_k", "i1"], ["kmax"]),
+        n("Sub", ["row_top_k", "i1"], ["kmax"]),  # (B, 1)
         n("Min", ["pick", "kmax"], ["pick_c"]),
         h.make_node("GatherElements", [p + "ki", p + "pick_c"], [token], axis=1),  # (B, 1)
     ]
+    return window + penalty + top_k + draw
 
 
 def _const(name, dtype, dims, vals) -> onnx.NodeProto:
@@ -130,9 +153,11 @@ def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
 
     The file keeps the step's inputs and outputs and adds the inputs ``steps`` (int64 scalar),
     ``uniforms`` (steps, B) float, one draw in [0, 1) per pass and row (numpy draws them from the
-    seed, so sampling stays repeatable), ``temperature``, ``top_p`` and ``repeat_penalty`` (float
-    scalars), ``top_k`` (int64 (1,)) and ``recent_ids`` (B, N), the last N context tokens the
-    repetition penalty looks at, and one output, ``tokens`` (k, B). Pass 1 consumes ``input_ids``,
+    seed, so sampling stays repeatable), per row ``temperature``, ``top_p`` and ``repeat_penalty`` (float
+    (B, 1)), ``row_top_k`` and ``recent_window`` (int64 (B, 1)), ``top_k`` (int64 (1,), the largest row's)
+    and ``recent_ids`` (B, N), the last N context tokens the repetition penalty looks at (each row its
+    last ``recent_window``), and one output, ``tokens`` (k, B). (Before issue 22 the settings were scalars,
+    one for the whole batch; the runtime reads either.) Pass 1 consumes ``input_ids``,
     every later pass the previous pass's token, so ``tokens[i]`` is the token after pass i (greedy:
     top_k 1, temperature 1, top_p 1, penalty 1); the loop stops early once every row's token is
     ``eot``, and the presents are those after the last pass. ``steps=1`` is the plain step and
@@ -163,11 +188,13 @@ def wrap_loop(step: onnx.ModelProto, *, eot: int | None) -> onnx.ModelProto:
     ]
     inputs = list(g.input) + [h.make_tensor_value_info("steps", TP.INT64, []),
                               h.make_tensor_value_info("uniforms", TP.FLOAT, ["steps", "batch"]),
-                              h.make_tensor_value_info("temperature", TP.FLOAT, []),
+                              h.make_tensor_value_info("temperature", TP.FLOAT, ["batch", 1]),
                               h.make_tensor_value_info("top_k", TP.INT64, [1]),
-                              h.make_tensor_value_info("top_p", TP.FLOAT, []),
-                              h.make_tensor_value_info("repeat_penalty", TP.FLOAT, []),
-                              h.make_tensor_value_info("recent_ids", TP.INT64, ["batch", "recent"])]
+                              h.make_tensor_value_info("top_p", TP.FLOAT, ["batch", 1]),
+                              h.make_tensor_value_info("repeat_penalty", TP.FLOAT, ["batch", 1]),
+                              h.make_tensor_value_info("recent_ids", TP.INT64, ["batch", "recent"]),
+                              h.make_tensor_value_info("row_top_k", TP.INT64, ["batch", 1]),
+                              h.make_tensor_value_info("recent_window", TP.INT64, ["batch", 1])]
     outputs = [h.make_tensor_value_info("logits", TP.FLOAT, ["steps_run", "batch", "logits_width"])]
     outputs += list(g.output)[1:] + [h.make_tensor_value_info("tokens", TP.INT64, ["steps_run", "batch"])]
     graph = h.make_graph(outer_nodes, g.name or "edgekit_gpt", inputs, outputs, list(g.initializer))

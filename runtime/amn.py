@@ -81,3 +81,12 @@ def bench_workload(model: AMNModel) -> int:
 def weight_group(name: str) -> str:
     """`edgekit inspect` hook: the size breakdown has one group."""
     return "weights"
+
+
+def serve_routes(model: AMNModel) -> dict:
+    """`edgekit serve` hook: POST routes -> handler(body) -> JSON object; the predicted next sentence vector
+    of each context as an OpenAI embedding."""
+    from edgekit.runtime.vectors import embeddings_route
+
+    return {"/v1/embeddings": embeddings_route(lambda xs: np.stack([model.predict_next(x) for x in xs]),
+                                               dim=model.dim, what="sentence vectors")}

@@ -122,3 +122,18 @@ def bench_workload(model: WordScorer) -> int:
 def weight_group(name: str) -> str:
     """`edgekit inspect` hook: the size breakdown has one group (a small CNN)."""
     return "weights"
+
+
+MAX_SERVED_WORDS = 10_000  # words in one /v1/word_scores request
+
+
+def serve_routes(model: WordScorer) -> dict:
+    """`edgekit serve` hook: ``POST /v1/word_scores`` {"input": ["word", ...]} -> {"data": [{"word", "score"}]}."""
+    def scores(body: dict) -> dict:
+        words = body.get("input")
+        words = [words] if isinstance(words, str) else words
+        if not isinstance(words, list) or not words or len(words) > MAX_SERVED_WORDS:
+            raise UsageError(f"input must be a word or a list of 1 to {MAX_SERVED_WORDS:,} words")
+        s = model.score(words)
+        return {"object": "list", "data": [{"word": w, "score": round(float(v), 6)} for w, v in zip(words, s)]}
+    return {"/v1/word_scores": scores}

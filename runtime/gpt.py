@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 from edgekit.errors import UsageError
 from edgekit.runtime.gpt_hooks import (  # noqa: F401  (the family hooks, found here by family_runtime)
-    bench_metrics, bench_workload, quality_from_file, threads_ratio, weight_group)
+    bench_metrics, bench_workload, quality_from_file, serve_engine, serve_routes, threads_ratio, weight_group)
 from edgekit.runtime.gpt_sampling import (  # noqa: F401  (re-exported: tests, benchmarks and export import them here)
     MAX_NEW_TOKENS_LIMIT, MIN_TEMPERATURE, WINDOWS, SamplingOptions, penalize, sample_next)
 from edgekit.runtime.modelcard import ModelCard
@@ -135,12 +135,16 @@ class GPTModel:
 
             raise ModelFileError(f"{path}: graph lacks inputs {sorted(missing)[:4]}; not an edgekit GPT export")
         self._keep = card.window_keep
+        # the file's generation defaults, as SamplingOptions fields (edgekit serve may lay its own over them)
+        self.defaults = {"max_new_tokens": card.generation.max_new_tokens, "temperature": card.generation.temperature}
         # exports since edgekit 0.2 wrap the step in an ONNX Loop (input ``steps``, output ``tokens``):
         # greedy decoding then runs many steps per onnxruntime call; older files run one step per call
         self._looped_graph = "steps" in inputs and "tokens" in {o.name for o in sess.get_outputs()}
         self.loop = self._looped_graph  # greedy through the Loop; False drives it one pass per call
         # exports since issue 14 also sample (top-k, top-p, temperature, repetition penalty) in the Loop
         self._sampler_graph = self._looped_graph and "uniforms" in inputs
+        # exports since issue 22 take the sampler's settings per row, so rows with different options share a call
+        self.row_sampler = self._sampler_graph and "row_top_k" in inputs
         self._one = np.array(1, dtype=np.int64)
 
     @property
@@ -159,21 +163,39 @@ class GPTModel:
         """One IOBinding per generation (cheaper than a new one every step)."""
         return self.session.io_binding()
 
-    def _sampler_feed(self, opts: SamplingOptions, uniforms: np.ndarray, recent: np.ndarray) -> dict:
-        """The Loop's sampler inputs: greedy is top_k 1 at temperature 1 (the graph's TopK = ArgMax)."""
-        greedy = opts.temperature == 0
-        penalty = opts.repeat_penalty if opts.repeat_last_n else 1.0
-        return {"uniforms": uniforms.astype(np.float32),
-                "temperature": np.array(1.0 if greedy else opts.temperature, dtype=np.float32),
-                "top_k": np.array([1 if greedy else min(opts.top_k or self.vocab_size, self.vocab_size)], dtype=np.int64),
-                "top_p": np.array(1.0 if greedy or opts.top_p is None else opts.top_p, dtype=np.float32),
-                "repeat_penalty": np.array(penalty, dtype=np.float32), "recent_ids": recent}
+    def _window(self, opts: SamplingOptions) -> int:
+        """How many recent context ids the repetition penalty looks at (1 when it is off)."""
+        return min(opts.repeat_last_n, self.block_size) if opts.repeat_penalty != 1.0 and opts.repeat_last_n else 1
 
-    def _recent(self, rows: list[list[int]], opts: SamplingOptions) -> np.ndarray:
-        """(B, N) the last N = repeat_last_n context ids per row, left-padded by repeating the row's first
-        id: that id is in the window anyway and a duplicate is penalized once; as the Loop shifts new
-        ids in, the padding leaves first. (B, 1) when the penalty is off."""
-        n = opts.repeat_last_n if opts.repeat_penalty != 1.0 and opts.repeat_last_n else 1
+    def _sampler_feed(self, opts: list[SamplingOptions], uniforms: np.ndarray, rows: list[list[int]]) -> dict:
+        """The Loop's sampler inputs for rows with options ``opts`` and contexts ``rows``: greedy is top_k 1
+        at temperature 1 (the graph's TopK = ArgMax). Files with the per-row sampler take (B, 1) settings,
+        the batch's largest top_k and each row's penalty window; older files one scalar setting (opts[0]'s)."""
+        B = len(opts)
+        greedy = [o.temperature == 0 for o in opts]
+        temperature = [1.0 if g else o.temperature for g, o in zip(greedy, opts)]
+        top_k = [1 if g else min(o.top_k or self.vocab_size, self.vocab_size) for g, o in zip(greedy, opts)]
+        top_p = [1.0 if g or o.top_p is None else o.top_p for g, o in zip(greedy, opts)]
+        penalty = [o.repeat_penalty if o.repeat_last_n else 1.0 for o in opts]
+        windows = [self._window(o) for o in opts]
+        feed = {"uniforms": uniforms.astype(np.float32), "recent_ids": self._recent(rows, max(windows))}
+        if not self.row_sampler:
+            return {**feed, "temperature": np.array(temperature[0], dtype=np.float32),
+                    "top_k": np.array(top_k[:1], dtype=np.int64), "top_p": np.array(top_p[0], dtype=np.float32),
+                    "repeat_penalty": np.array(penalty[0], dtype=np.float32)}
+
+        def col(values, dtype):
+            return np.array(values, dtype=dtype).reshape(B, 1)
+
+        return {**feed, "temperature": col(temperature, np.float32), "top_p": col(top_p, np.float32),
+                "repeat_penalty": col(penalty, np.float32), "top_k": np.array([max(top_k)], dtype=np.int64),
+                "row_top_k": col(top_k, np.int64), "recent_window": col(windows, np.int64)}
+
+    @staticmethod
+    def _recent(rows: list[list[int]], n: int) -> np.ndarray:
+        """(B, n) the last n context ids per row, left-padded by repeating the row's first id: that id is in
+        the window anyway and a duplicate is penalized once; as the Loop shifts new ids in, the padding
+        leaves first (a per-row sampler file masks all but each row's own last ``recent_window`` columns)."""
         out = np.zeros((len(rows), n), dtype=np.int64)
         for b, r in enumerate(rows):
             tail = r[-n:] if r else [0]
@@ -192,8 +214,8 @@ class GPTModel:
         if self._sampler_graph:
             if sampler is None:  # a plain step: a greedy, penalty-free sampler whose token is not used
                 B = ids.shape[0]
-                sampler = self._sampler_feed(SamplingOptions(), np.zeros((steps, B), dtype=np.float32),
-                                             ids[:, -1:].astype(np.int64))
+                sampler = self._sampler_feed([SamplingOptions()] * B, np.zeros((steps, B), dtype=np.float32),
+                                             ids[:, -1:].tolist())
             for name, v in sampler.items():
                 io.bind_cpu_input(name, np.ascontiguousarray(v))
         # outputs are re-bound to the device each step: after a run they are sized for that run's shapes
@@ -268,7 +290,7 @@ class GPTModel:
         that extend a healed prompt's cut token, then ``sample_next``."""
         logits = logits[:, : self.vocab_size]
         if opts.repeat_penalty != 1.0 and opts.repeat_last_n:
-            logits = penalize(logits, self._recent(rows, opts), opts.repeat_penalty)
+            logits = penalize(logits, self._recent(rows, self._window(opts)), opts.repeat_penalty)
         if healed is not None and any(h[1] is not None for h in healed):
             logits = logits.copy()
             for b, (_, allowed, _) in enumerate(healed):
@@ -286,7 +308,7 @@ class GPTModel:
         room = self.block_size - mask.shape[1] + 1  # passes that fit before the window must slide
         if looped and todo > 1 and room > 1:
             n = min(todo, room, chunk)
-            sampler = self._sampler_feed(opts, rng.random((n, B)), self._recent(rows, opts)) \
+            sampler = self._sampler_feed([opts] * B, rng.random((n, B)), rows) \
                 if self._sampler_graph else None
             toks, past = self._greedy_steps(nxt.astype(np.int64).reshape(B, 1), mask, past, io, n, sampler)
             # the call consumed nxt and every returned token but the last; the mask catches up as
@@ -332,14 +354,14 @@ class GPTModel:
         return st.generations(prompts_ids, ttft, total, slides)
 
     # ----- public API ----------------------------------------------------------------------------
-    def _opts(self, max_new_tokens, temperature, top_k, top_p, seed, stop, heal=True, repeat_penalty=1.0,
-              repeat_last_n=64, window="slide") -> SamplingOptions:
-        d = self.card.generation
-        stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        return SamplingOptions(max_new_tokens=d.max_new_tokens if max_new_tokens is None else max_new_tokens,
-                               temperature=d.temperature if temperature is None else temperature,
-                               top_k=top_k, top_p=top_p, seed=seed, stop=stop, heal=heal,
-                               repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, window=window)
+    def options(self, options: SamplingOptions | None = None, **overrides) -> SamplingOptions:
+        """The ``SamplingOptions`` of a call: ``overrides`` (field names; None = not given) over ``options``,
+        else over the file's generation defaults; validated against this model's vocabulary."""
+        if options is not None and not isinstance(options, SamplingOptions):
+            raise UsageError(f"options must be a SamplingOptions; got {type(options).__name__}")
+        opts = SamplingOptions.resolve(overrides, defaults=None if options else self.defaults, base=options)
+        opts.validate(self.vocab_size)
+        return opts
 
     def encode(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
@@ -352,26 +374,18 @@ class GPTModel:
             raise UsageError("prompt is not valid UTF-8 text (it has undecodable bytes)") from None
         return self.tokenizer.encode(prompt)
 
-    def generate(self, prompt: str, *, max_new_tokens: int | None = None, temperature: float | None = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop=None, heal: bool = True, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
-                 window: str = "slide") -> Generation:
-        """Complete ``prompt``; greedy by default (deterministic), ``seed`` makes sampling repeatable;
-        ``repeat_penalty`` > 1 (llama.cpp's, over the last ``repeat_last_n`` tokens) discourages loops;
-        ``window="exact"`` reproduces nanoGPT's generate past the block."""
-        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, repeat_penalty, repeat_last_n,
-                          window)
-        return self.run([self.encode(prompt)], opts)[0]
+    def generate(self, prompt: str, *, options: SamplingOptions | None = None, **overrides) -> Generation:
+        """Complete ``prompt`` with ``SamplingOptions`` (``options=``, or its fields as keywords: greedy by
+        default, ``seed`` makes sampling repeatable, ``repeat_penalty`` > 1 discourages loops,
+        ``window="exact"`` reproduces nanoGPT's generate past the block)."""
+        return self.run([self.encode(prompt)], self.options(options, **overrides))[0]
 
-    def stream(self, prompt: str, *, max_new_tokens: int | None = None, temperature: float | None = 0.0,
-               top_k: int | None = None, top_p: float | None = None, seed: int | None = None, stop=None,
-               heal: bool = True, repeat_penalty: float = 1.0, repeat_last_n: int = 64, window: str = "slide"):
+    def stream(self, prompt: str, *, options: SamplingOptions | None = None, **overrides):
         """Yield text pieces as they are decoded (whole UTF-8 characters only); returns the Generation."""
         import queue
         import threading
 
-        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, repeat_penalty, repeat_last_n,
-                          window)
+        opts = self.options(options, **overrides)
         ids = self.encode(prompt)
         q: queue.Queue = queue.Queue()
         result: list = []
@@ -390,15 +404,12 @@ class GPTModel:
             raise result[0]
         return result[0]
 
-    def generate_batch(self, prompts: list[str], *, max_new_tokens: int | None = None,
-                       temperature: float | None = 0.0, top_k: int | None = None, top_p: float | None = None,
-                       seed: int | None = None, stop=None, heal: bool = True, repeat_penalty: float = 1.0,
-                       repeat_last_n: int = 64, window: str = "slide") -> list[Generation]:
+    def generate_batch(self, prompts: list[str], *, options: SamplingOptions | None = None,
+                       **overrides) -> list[Generation]:
         """Complete several prompts in one batch (left-padded); each row stops on its own."""
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise UsageError("generate_batch needs a non-empty list of prompts")
-        opts = self._opts(max_new_tokens, temperature, top_k, top_p, seed, stop, heal, repeat_penalty, repeat_last_n,
-                          window)
+        opts = self.options(options, **overrides)
         return self.run([self.encode(p) for p in prompts], opts)
 
 

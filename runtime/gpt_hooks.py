@@ -89,3 +89,31 @@ def weight_group(name: str) -> str:
     if "wpe" in name:
         return "position_embedding"
     return "transformer"
+
+
+def serve_engine(lm: GPTModel, *, slots: int, max_queue: int):
+    """`edgekit serve` hook: the continuous-batching engine behind ``/v1/completions`` (runtime/gpt_batch.py)."""
+    from edgekit.runtime.gpt_batch import BatchEngine
+
+    return BatchEngine(lm, slots=slots, max_queue=max_queue)
+
+
+def serve_routes(lm: GPTModel) -> dict:
+    """`edgekit serve` hook: llama-server's ``/tokenize`` {"content"} -> {"tokens"} and ``/detokenize``
+    {"tokens"} -> {"content"}."""
+    from edgekit.errors import UsageError
+
+    def tokenize(body: dict) -> dict:
+        text = body.get("content")
+        if not isinstance(text, str):
+            raise UsageError("content must be a string")
+        return {"tokens": lm.tokenizer.encode(text) if text else []}
+
+    def detokenize(body: dict) -> dict:
+        ids = body.get("tokens")
+        if not isinstance(ids, list) or any(not isinstance(t, int) or isinstance(t, bool)
+                                            or not 0 <= t < lm.vocab_size for t in ids):
+            raise UsageError(f"tokens must be a list of token ids from 0 to {lm.vocab_size - 1}")
+        return {"content": lm.tokenizer.decode(ids)}
+
+    return {"/tokenize": tokenize, "/detokenize": detokenize}

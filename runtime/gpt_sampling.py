@@ -9,7 +9,9 @@ numpy sampler that mirrors the exported Loop's in-graph sampler (export/gpt_grap
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -17,44 +19,112 @@ from edgekit.errors import UsageError
 
 MAX_NEW_TOKENS_LIMIT = 100_000
 WINDOWS = ("slide", "exact")
-
 MIN_TEMPERATURE = 1e-3  # logits / T in float32 (the in-graph sampler's type) overflows for smaller T: use 0 for greedy
+# the repetition penalty's look-back: the context never holds more than block_size tokens (GPT-2's 1,024), so a
+# larger window penalizes nothing more; the cap bounds the (B, N) int64 window the sampler carries (64 KiB a row)
+REPEAT_LAST_N_LIMIT = 8_192
+MAX_STOPS, MAX_STOP_CHARS = 16, 256  # stop strings per generation and characters per stop string
+SEED_LIMIT = 2**63 - 1  # numpy's generators take any non-negative integer; JSON clients send int64
+
+
+class OptionError(UsageError):
+    """A generation option out of range: ``option`` (the field), ``valid`` (what would be), ``value``."""
+
+    def __init__(self, option: str, valid: str, value: Any):
+        self.option, self.valid, self.value = option, valid, value
+        super().__init__(f"{option} must be {valid}; got {value!r}")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _opt(default, *, valid: str, check, help: str, http: str | None = None, flag: str | None = None):
+    """One option's default, valid values (text and check(value, vocab)), help text, and its names in the
+    front ends: ``http`` (the request body's key, default the field's name), ``flag`` (the CLI's)."""
+    return field(default=default, metadata={"valid": valid, "check": check, "help": help, "http": http, "flag": flag})
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """The options of one generation (``GPTModel.run``); ``validate`` refuses bad values with a UsageError."""
+    """The options of one generation: the one place for their defaults, valid ranges and help text.
 
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    heal: bool = True  # token healing: regenerate the prompt's last token so "import " can become "import sys"
-    window: str = "slide"  # slide: re-encode the last 3/4 block when full (fast); exact: nanoGPT's crop every step
-    repeat_penalty: float = 1.0  # llama.cpp's: logits of the last repeat_last_n tokens / penalty (if > 0) or * penalty; 1 = off
-    repeat_last_n: int = 64  # how many recent context tokens (prompt included) the penalty looks at; llama.cpp's default
+    ``edgekit infer``'s flags, the Python API's keyword arguments (``generate(prompt, **options)``) and
+    ``edgekit serve``'s request body are all read from these fields (``cli_flags``, ``resolve``,
+    ``http_names``); ``validate`` refuses bad values with an ``OptionError`` naming the option."""
+
+    max_new_tokens: int = _opt(64, valid=f"an integer from 1 to {MAX_NEW_TOKENS_LIMIT:,}", http="max_tokens",
+                               check=lambda v, V: _int(v) and 1 <= v <= MAX_NEW_TOKENS_LIMIT,
+                               help="Tokens to generate at most.")
+    temperature: float = _opt(0.0, valid=f"0 (greedy) or from {MIN_TEMPERATURE:g} to 100",
+                              check=lambda v, V: _num(v) and (v == 0 or MIN_TEMPERATURE <= v <= 100),
+                              help="0 = greedy; higher samples more freely.")
+    top_k: int | None = _opt(None, valid="an integer from 1 to the vocabulary size {vocab}",
+                             check=lambda v, V: v is None or (_int(v) and 1 <= v <= V),
+                             help="Sample among the k most likely tokens (default: all).")
+    top_p: float | None = _opt(None, valid="in (0, 1]", check=lambda v, V: v is None or (_num(v) and 0 < v <= 1),
+                               help="Nucleus sampling: the smallest set of tokens whose probability reaches p.")
+    seed: int | None = _opt(None, valid=f"an integer from 0 to {SEED_LIMIT}",
+                            check=lambda v, V: v is None or (_int(v) and 0 <= v <= SEED_LIMIT),
+                            help="Makes sampling repeatable.")
+    stop: tuple[str, ...] = _opt((), valid=f"up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters",
+                                 check=lambda v, V: isinstance(v, tuple) and len(v) <= MAX_STOPS and all(
+                                     isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in v),
+                                 help="Stop when this text appears (repeatable).")
+    heal: bool = _opt(True, valid="true or false", check=lambda v, V: isinstance(v, bool), flag="--no-heal",
+                      help="Token healing (on by default): regenerate the prompt's last token, so 'import ' can "
+                           "become 'import sys'.")
+    window: str = _opt("slide", valid="one of " + ", ".join(WINDOWS), check=lambda v, V: v in WINDOWS,
+                       help="Past the block: slide (re-encode the last 3/4 block when full, fast) or exact (nanoGPT's "
+                            "crop to the last block_size tokens every step; one prefill per token).")
+    repeat_penalty: float = _opt(1.0, valid="in (0, 100] (1 = off)", check=lambda v, V: _num(v) and 0 < v <= 100,
+                                 help="llama.cpp's repetition penalty on the last repeat_last_n tokens (1 = off, e.g. 1.1).")
+    repeat_last_n: int = _opt(64, valid=f"an integer from 0 (off) to {REPEAT_LAST_N_LIMIT:,}",
+                              check=lambda v, V: _int(v) and 0 <= v <= REPEAT_LAST_N_LIMIT,
+                              help="Context tokens (prompt included) the repetition penalty looks back at.")
 
     def validate(self, vocab: int) -> None:
-        if self.window not in WINDOWS:
-            raise UsageError(f"window must be one of {', '.join(WINDOWS)}; got {self.window!r}")
-        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \
-                or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise UsageError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS_LIMIT:,}; got {self.max_new_tokens!r}")
-        if not (isinstance(self.temperature, (int, float)) and (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= 100)):
-            raise UsageError(f"temperature must be 0 (greedy) or from {MIN_TEMPERATURE:g} to 100; got {self.temperature!r}")
-        if self.top_k is not None and not (isinstance(self.top_k, int) and 1 <= self.top_k <= vocab):
-            raise UsageError(f"top_k must be an integer from 1 to the vocabulary size {vocab}; got {self.top_k!r}")
-        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise UsageError(f"top_p must be in (0, 1]; got {self.top_p!r}")
-        if not (isinstance(self.repeat_penalty, (int, float)) and 0 < self.repeat_penalty <= 100
-                and np.isfinite(self.repeat_penalty)):
-            raise UsageError(f"repeat_penalty must be in (0, 100] (1 = off); got {self.repeat_penalty!r}")
-        if not isinstance(self.repeat_last_n, int) or isinstance(self.repeat_last_n, bool) or self.repeat_last_n < 0:
-            raise UsageError(f"repeat_last_n must be a non-negative integer (0 = off); got {self.repeat_last_n!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise UsageError("stop strings must be non-empty text")
+        """Raise an OptionError for the first field outside its valid values."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not f.metadata["check"](v, vocab):
+                raise OptionError(f.name, f.metadata["valid"].format(vocab=vocab), v)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def http_names(cls) -> dict[str, str]:
+        """The request body's key -> field name (OpenAI's ``max_tokens`` is ``max_new_tokens``)."""
+        return {f.metadata["http"] or f.name: f.name for f in fields(cls)}
+
+    @classmethod
+    def resolve(cls, given: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None,
+                base: "SamplingOptions | None" = None) -> "SamplingOptions":
+        """Options from ``given`` (field names; None = not given) over ``defaults`` (a model file's
+        ``generation`` defaults) over ``base`` (or the fields' defaults). ``stop`` may be one string or a
+        list. Unknown names are refused; values are checked by ``validate``, not here."""
+        known = cls.names()
+        unknown = [k for k in given if k not in known]
+        if unknown:
+            raise UsageError(f"unknown generation option {unknown[0]!r}; known: {', '.join(known)}")
+        values = {k: v for k, v in (defaults or {}).items() if k in known}
+        values.update({k: v for k, v in given.items() if v is not None})
+        if "stop" in values:
+            s = values["stop"]
+            values["stop"] = (s,) if isinstance(s, str) else tuple(s) if isinstance(s, (list, tuple)) else s
+        return replace(base or cls(), **values)
+
+
+def cli_flag(name: str) -> str:
+    """The CLI flag of option ``name`` (``--top-k``; ``--no-heal`` for heal)."""
+    f = next(f for f in fields(SamplingOptions) if f.name == name)
+    return f.metadata["flag"] or "--" + name.replace("_", "-")
 
 
 def penalize(logits: np.ndarray, recent: np.ndarray, penalty: float) -> np.ndarray:

@@ -142,3 +142,10 @@ def bench_workload(model: SeqAEModel) -> int:
 def weight_group(name: str) -> str:
     """`edgekit inspect` hook: the size breakdown has one group."""
     return "weights"
+
+
+def serve_routes(model: SeqAEModel) -> dict:
+    """`edgekit serve` hook: POST routes -> handler(body) -> JSON object; the codes as OpenAI embeddings."""
+    from edgekit.runtime.vectors import embeddings_route
+
+    return {"/v1/embeddings": embeddings_route(model.encode, dim=model.dim, what="MiniLM token vectors")}

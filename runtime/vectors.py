@@ -35,3 +35,35 @@ def load_npy(path: str, *, dim: int) -> np.ndarray:
     if isinstance(arr, np.lib.npyio.NpzFile):
         raise UsageError(f"{path} is an .npz archive; save one array with numpy.save")
     return check_vectors(arr, dim=dim, name=f"{path}: vectors")
+
+
+MAX_EMBEDDING_INPUTS = 256  # sequences in one /v1/embeddings request
+
+
+def embeddings_route(embed, *, dim: int, what: str):
+    """An `edgekit serve` handler in OpenAI's embeddings shape over ``embed(list of (T, dim) arrays) -> (B, E)``.
+
+    The body's ``input`` is one (T, dim) array of ``what`` (a list of lists of numbers) or a list of them
+    (these files carry no vocabulary, so text is turned into vectors outside the server)."""
+    def handle(body: dict) -> dict:
+        x = body.get("input")
+        if not isinstance(x, list) or not x:
+            raise UsageError(f"input must be a (T, {dim}) list of {what} or a list of them")
+        seqs = [x] if isinstance(x[0], list) and x[0] and not isinstance(x[0][0], list) else x
+        if len(seqs) > MAX_EMBEDDING_INPUTS:
+            raise UsageError(f"input has {len(seqs)} sequences; at most {MAX_EMBEDDING_INPUTS} per request")
+        arrays = []
+        for i, s in enumerate(seqs):
+            try:
+                a = check_vectors(np.asarray(s, dtype=np.float32), dim=dim, name=f"input[{i}]")
+            except (ValueError, TypeError):
+                raise UsageError(f"input[{i}] must be a (T, {dim}) list of numbers") from None
+            if a.ndim != 2 or len(a) == 0:
+                raise UsageError(f"input[{i}] must be a (T, {dim}) list of {what}; got shape {tuple(a.shape)}")
+            arrays.append(a)
+        vectors = embed(arrays)
+        n = sum(len(a) for a in arrays)
+        return {"object": "list", "usage": {"prompt_tokens": n, "total_tokens": n},
+                "data": [{"object": "embedding", "index": i, "embedding": v.astype(float).round(6).tolist()}
+                         for i, v in enumerate(vectors)]}
+    return handle

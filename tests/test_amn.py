@@ -129,3 +129,23 @@ def test_quant_scheme_that_does_not_apply(tiny_amn, tmp_path):
     assert r.exit_code == 1
     assert r.stderr.strip() == ("edgekit: error: --quant int4 does not apply to amn models; "
                                 "choose one of auto, fp32, int8, int8-dynamic")
+
+
+def test_serve_answers_embeddings_with_the_predicted_next_vector(tiny_amn):
+    """`edgekit serve` on an amn file: /v1/embeddings (the family's route) = the runtime's predict_next; no completions."""
+    from edgekit.runtime import load
+
+    from serving import Server
+
+    lm = load(tiny_amn["onnx"], threads=1)
+    ctx = np.random.default_rng(0).standard_normal((2, lm.ctx + 1, lm.dim)).round(4)
+    with Server(tiny_amn["onnx"]) as s:
+        r = s.http.post("/v1/embeddings", json={"input": ctx.tolist(), "model": "amn"})
+        assert r.status_code == 200, r.text
+        got = np.array([d["embedding"] for d in r.json()["data"]])
+        np.testing.assert_allclose(got, np.stack([lm.predict_next(x) for x in ctx.astype(np.float32)]), atol=1e-5)
+        assert r.json()["object"] == "list" and r.json()["model"] == "amn"
+        assert s.http.post("/v1/completions", json={"prompt": "a"}).status_code == 404
+        bad = s.http.post("/v1/embeddings", json={"input": [[1.0, 2.0]]})
+        assert bad.status_code == 400 and "384" in bad.json()["error"]["message"]
+        assert s.stop() == 0

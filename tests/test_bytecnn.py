@@ -358,3 +358,20 @@ def test_runtime_module_imports_without_torch():
             "import edgekit.runtime, edgekit.runtime.bytecnn\n"
             "assert 'torch' not in {m for m in sys.modules if sys.modules[m] is not None}\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_serve_answers_word_scores_on_the_route_the_family_declares(tiny_nano):
+    from edgekit.runtime import load
+
+    from serving import Server
+
+    scorer = load(tiny_nano["onnx"], threads=1)
+    words = ["the", "jabberwocky", "zyxxq"]
+    with Server(tiny_nano["onnx"]) as s:
+        models = s.http.get("/v1/models").json()["data"][0]["meta"]
+        assert models["routes"] == ["/v1/word_scores"] and not models["generates"]
+        r = s.http.post("/v1/word_scores", json={"input": words})
+        assert [d["word"] for d in r.json()["data"]] == words
+        np.testing.assert_allclose([d["score"] for d in r.json()["data"]], scorer.score(words), atol=1e-5)
+        assert s.http.post("/v1/word_scores", json={"input": [""]}).status_code == 400
+        assert s.http.post("/v1/embeddings", json={"input": [[0.0]]}).status_code == 404

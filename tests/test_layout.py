@@ -28,7 +28,7 @@ def oversized(folder: pathlib.Path, root: pathlib.Path = ROOT) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("folder", ["runtime", "models", "edgekit", "export", "train", "web"])
+@pytest.mark.parametrize("folder", ["runtime", "models", "edgekit", "export", "train", "serve", "web"])
 def test_modules_and_functions_are_readable_in_one_sitting(folder):
     assert (ROOT / folder).is_dir()
     assert not oversized(ROOT / folder), "\n".join(oversized(ROOT / folder))

@@ -14,7 +14,7 @@ from edgekit.registry import FAMILIES
 from edgekit.runtime import family_runtime
 
 RUNTIME = pathlib.Path(__file__).resolve().parent.parent / "runtime"
-HOOKS = ("load", "bench_metrics", "bench_workload", "weight_group")
+HOOKS = ("load", "bench_metrics", "bench_workload", "weight_group", "serve_routes")  # serve_engine: generators only
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

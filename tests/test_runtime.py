@@ -184,9 +184,10 @@ def _sampler_session(tiny_soma):
     nodes += _sampler_nodes(p, "logits", "token")
     vi = h.make_tensor_value_info
     g = h.make_graph(nodes, "sampler", [vi("logits", TP.FLOAT, [None, None]), vi("u", TP.FLOAT, [None]),
-                                        vi("recent_ids", TP.INT64, [None, None]), vi("temperature", TP.FLOAT, []),
-                                        vi("top_k", TP.INT64, [1]), vi("top_p", TP.FLOAT, []),
-                                        vi("repeat_penalty", TP.FLOAT, [])], [vi("token", TP.INT64, None)])
+                                        vi("recent_ids", TP.INT64, [None, None]), vi("temperature", TP.FLOAT, [None, 1]),
+                                        vi("top_k", TP.INT64, [1]), vi("top_p", TP.FLOAT, [None, 1]),
+                                        vi("repeat_penalty", TP.FLOAT, [None, 1]), vi("row_top_k", TP.INT64, [None, 1]),
+                                        vi("recent_window", TP.INT64, [None, 1])], [vi("token", TP.INT64, None)])
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 18)], ir_version=10)
     return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
 
@@ -204,10 +205,13 @@ def test_in_graph_sampler_draws_the_softmax_distribution(tiny_soma):
     u = np.random.default_rng(0).random(n).astype(np.float32)
     rows = np.repeat(logits[None], n, axis=0)
 
-    def draw(k, t, p, penalty=1.0, recent=None):
+    def draw(k, t, p, penalty=1.0, recent=None, window=None, k_max=None):
         recent = np.zeros((n, 1), dtype=np.int64) if recent is None else np.repeat(recent[None], n, axis=0)
-        return s.run(None, {"logits": rows, "u": u, "recent_ids": recent, "temperature": np.array(t, dtype=np.float32),
-                            "top_k": np.array([k]), "top_p": np.array(p, dtype=np.float32), "repeat_penalty": np.array(penalty, dtype=np.float32)})[0][:, 0]
+        col = lambda v, dt: np.full((n, 1), v, dtype=dt)  # noqa: E731  (every row the same settings)
+        return s.run(None, {"logits": rows, "u": u, "recent_ids": recent, "temperature": col(t, np.float32),
+                            "top_k": np.array([k_max or k]), "row_top_k": col(k, np.int64),
+                            "top_p": col(p, np.float32), "repeat_penalty": col(penalty, np.float32),
+                            "recent_window": col(recent.shape[1] if window is None else window, np.int64)})[0][:, 0]
 
     for k, t, p in [(6, 1.0, 1.0), (3, 0.7, 1.0), (6, 1.3, 0.8)]:
         z = logits.astype(np.float64) / t
@@ -231,6 +235,12 @@ def test_in_graph_sampler_draws_the_softmax_distribution(tiny_soma):
     pen = penalize(logits[None], recent[None], 1.5)[0]
     assert pen[4] == np.float32(3.1) / np.float32(1.5) and pen[3] == np.float32(-0.3) * np.float32(1.5) and pen[1] == 1.0
     assert (draw(1, 1.0, 1.0, penalty=1.5, recent=recent) == pen.argmax()).all()
+    # per row: a row's own k inside a larger batch k, and its own penalty window (the last 2 of 4 columns)
+    assert (draw(3, 0.7, 1.0, k_max=6) == draw(3, 0.7, 1.0)).all()
+    pen2 = penalize(rows[:2000], np.repeat(recent[None, 2:], 2000, axis=0), 1.5)
+    two = draw(6, 1.0, 1.0, penalty=1.5, recent=recent, window=2)
+    assert (sample_next(pen2, SamplingOptions(temperature=1.0, top_k=6), u[:2000]) == two[:2000]).all()
+    assert (two != draw(6, 1.0, 1.0, penalty=1.5, recent=recent)).any()
 
 
 def test_loop_sampling_is_repeatable_and_matches_python_driven_sampling(tiny_soma):

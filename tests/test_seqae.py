@@ -141,3 +141,19 @@ def test_runtime_modules_import_without_torch():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None\n"
             "import edgekit.runtime.seqae, edgekit.runtime.amn, edgekit.runtime.vectors")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_serve_answers_embeddings_with_the_codes(tiny_ae):
+    """`edgekit serve` on a seqae file: /v1/embeddings = the runtime's codes, one per sequence."""
+    from edgekit.runtime import load
+
+    from serving import Server
+
+    path = tiny_ae["ae-baseline"]["onnx"]
+    ae = load(path, threads=1)
+    seqs = [np.random.default_rng(i).standard_normal((5 + i, ae.dim)).round(4) for i in range(2)]
+    with Server(path) as s:
+        r = s.openai().embeddings.create(model="ae", input=[x.tolist() for x in seqs])  # the openai client's call
+        got = np.array([d.embedding for d in r.data])
+        np.testing.assert_allclose(got, ae.encode([x.astype(np.float32) for x in seqs]), atol=1e-5)
+        assert s.http.post("/v1/embeddings", json={"input": "text"}).status_code == 400

@@ -88,6 +88,8 @@ export class GPTModel {
       throw new Error(`${path}: graph lacks inputs ${missing.join(', ')}; export it again with a current edgekit`);
     }
     this.session = session;
+    // files exported since edgekit serve take the sampler's settings per row ((B, 1), a batch's largest k)
+    this.rowSampler = session.inputNames.includes('row_top_k');
     this.card = card;
     this.ort = ort;
     this.path = path;
@@ -110,24 +112,32 @@ export class GPTModel {
     return this.pastNames.map(() => new this.ort.Tensor('float32', z, [1, this.nHead, 0, this.headSize]));
   }
 
-  /** The Loop's sampler inputs (GPTModel._sampler_feed); greedy is top_k 1 at temperature 1. */
+  /** The Loop's sampler inputs (GPTModel._sampler_feed, one row); greedy is top_k 1 at temperature 1. */
   samplerFeed(opts, uniforms, recent) {
     const ort = this.ort;
     const greedy = opts.temperature === 0;
     const penalty = opts.repeat_last_n ? opts.repeat_penalty : 1.0;
-    return {
+    const k = greedy ? 1 : Math.min(opts.top_k ?? this.vocabSize, this.vocabSize);
+    const shape = this.rowSampler ? [1, 1] : [];  // per-row files: (B, 1) settings
+    const f32 = (v) => new ort.Tensor('float32', Float32Array.of(v), shape);
+    const feed = {
       uniforms: new ort.Tensor('float32', Float32Array.from(uniforms), [uniforms.length, 1]),
-      temperature: new ort.Tensor('float32', Float32Array.of(greedy ? 1.0 : opts.temperature), []),
-      top_k: int64(ort, [greedy ? 1 : Math.min(opts.top_k ?? this.vocabSize, this.vocabSize)], [1]),
-      top_p: new ort.Tensor('float32', Float32Array.of(greedy || opts.top_p === null ? 1.0 : opts.top_p), []),
-      repeat_penalty: new ort.Tensor('float32', Float32Array.of(penalty), []),
+      temperature: f32(greedy ? 1.0 : opts.temperature),
+      top_k: int64(ort, [k], [1]),
+      top_p: f32(greedy || opts.top_p === null ? 1.0 : opts.top_p),
+      repeat_penalty: f32(penalty),
       recent_ids: int64(ort, recent, [1, recent.length]),
     };
+    if (this.rowSampler) {
+      feed.row_top_k = int64(ort, [k], [1, 1]);
+      feed.recent_window = int64(ort, [recent.length], [1, 1]);
+    }
+    return feed;
   }
 
-  /** The last N = repeat_last_n context ids, left-padded with the first (GPTModel._recent). */
+  /** The last N = repeat_last_n context ids (at most the block), left-padded with the first (GPTModel._recent). */
   recent(ids, opts) {
-    const n = opts.repeat_penalty !== 1.0 && opts.repeat_last_n ? opts.repeat_last_n : 1;
+    const n = opts.repeat_penalty !== 1.0 && opts.repeat_last_n ? Math.min(opts.repeat_last_n, this.blockSize) : 1;
     const tail = ids.length ? ids.slice(-n) : [0];
     return [...Array(n - tail.length).fill(tail[0]), ...tail];
   }

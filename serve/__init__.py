@@ -1,0 +1,1 @@
+"""edgekit serve: an OpenAI-compatible HTTP server over the runtime (torch-free)."""
