@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def threads_ratio(path: str, *, prompt_ids: list[int], new_tokens: int = 48, rounds: int = 7) -> tuple[float, list]:
     """Greedy decode tokens/s at 2 threads over 1 thread, rounds interleaved (one run), and the outputs.
 
-    Returns (ratio of medians, [tokens at 1 thread, tokens at 2 threads]) so callers can check the
+    Returns (median of per-round ratios, [tokens at 1 thread, tokens at 2 threads]) so callers can check the
     answers are the same."""
     from edgekit.runtime import load
 
@@ -34,7 +34,7 @@ def threads_ratio(path: str, *, prompt_ids: list[int], new_tokens: int = 48, rou
         g2 = lm2.run([prompt_ids], opts)[0]
         one.append(g1.tokens_per_s)
         two.append(g2.tokens_per_s)
-    return statistics.median(two) / statistics.median(one), [g1.token_ids, g2.token_ids]
+    return statistics.median(b / a for a, b in zip(one, two)), [g1.token_ids, g2.token_ids]
 
 
 def quality_from_file(card: ModelCard) -> dict:
