@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -140,7 +141,7 @@ def to_onnx(module, *, args: tuple, input_names: list[str], output_names: list[s
     model = prog.model_proto
     if dim_names:
         rename_dims(model, dim_names)
-    model.doc_string = f"exported by edgekit {edgekit.__version__} in {time.time() - t0:.1f}s"
+    model.doc_string = f"exported by edgekit {edgekit.__version__}"
     return model
 
 
@@ -265,16 +266,47 @@ def max_abs_diff(a, b) -> float:
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
+# Figures that depend on the run, not on the model (timings): export keeps them out of the ``edgekit`` entry,
+# so the same checkpoint and options give the same file bytes on a quiet or a busy machine (issue 24), and
+# records them apart under RUN_KEY (docs/model-file.md).
+RUN_KEY = "edgekit.run"
+RUN_FIGURES = frozenset({"seconds", "decode_tokens_per_s", "p50_us", "p50_fp32_us", "p50_ms_per_sequence"})
+
+
+def split_run_figures(meta):
+    """(identity, run): ``meta`` without the run-dependent figures (RUN_FIGURES at any depth), and those
+    figures alone at the same paths (rows of a list keep their ``step`` name so they can be matched)."""
+    if isinstance(meta, dict):
+        ident, run = {}, {}
+        for k, v in meta.items():
+            if k in RUN_FIGURES:
+                run[k] = v
+                continue
+            ident[k], sub = split_run_figures(v)
+            if sub:
+                run[k] = sub
+        return ident, run
+    if isinstance(meta, list):
+        pairs = [split_run_figures(v) for v in meta]
+        rows = [({"step": v["step"]} if isinstance(v, dict) and "step" in v else {}) | r
+                for v, (_, r) in zip(meta, pairs) if r]
+        return [i for i, _ in pairs], rows
+    return meta, {}
+
+
 def embed_metadata(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
     """Store edgekit's metadata (one JSON object under the ``edgekit`` key) in the model, validated as a
-    reader validates it (ModelCard), so no file is written that the runtime would refuse."""
-    card = ModelCard.from_dict({"format": FORMAT_VERSION, "edgekit_version": edgekit.__version__, **meta},
+    reader validates it (ModelCard), so no file is written that the runtime would refuse. Timings go under
+    RUN_KEY instead (split_run_figures): the ``edgekit`` entry and the graph are the same on every run."""
+    ident, run = split_run_figures(meta)
+    card = ModelCard.from_dict({"format": FORMAT_VERSION, "edgekit_version": edgekit.__version__, **ident},
                                path="the exported model")
     for prop in list(model.metadata_props):
-        if prop.key == META_KEY:
+        if prop.key in (META_KEY, RUN_KEY):
             model.metadata_props.remove(prop)
     onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                        META_KEY: card.to_json()})
+                                        META_KEY: card.to_json(),
+                                        **({RUN_KEY: json.dumps(run, sort_keys=True)} if run else {})})
     model.producer_name = "edgekit"
     model.producer_version = edgekit.__version__
     return model
