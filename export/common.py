@@ -259,6 +259,19 @@ def session(model: onnx.ModelProto | str | os.PathLike, *, threads: int | None =
     return ort.InferenceSession(src, sess_options=session_options(threads, config), providers=["CPUExecutionProvider"])
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc keeps it otherwise): an export frees a
+    session or a candidate model after every step, and without this each one stays in the peak RSS."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back
+        pass
+
+
 def max_abs_diff(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:

@@ -47,7 +47,7 @@ from edgekit.train.checkpoint import Checkpoint
 
 SIZE_TIE = 0.05  # auto: files within 5% of the smallest may win on speed (pipeline.SPEED_MARGIN)
 DECODE_TOKENS = 48  # the timed workload: greedy decode of this many tokens after an 8-token prompt
-SKIP_LOSERS_PARAMS = 50_000_000  # above this, auto does not build schemes that cannot win (each costs minutes)
+PROGRESS_PARAMS = 50_000_000  # above this, quantizers report progress (each scheme costs minutes)
 
 
 class GPTExport(pipeline.ExportSpec):
@@ -97,6 +97,8 @@ class GPTExport(pipeline.ExportSpec):
             say(f"[edgekit] warning: {info['warning']}")
         self.data_info = info
         t0 = time.time()
+        say(f"[edgekit] PyTorch reference on {len(self.val):,} held-out tokens and greedy continuations "
+            f"({self.params / 1e6:,.1f}M parameters, {torch.get_num_threads()} thread(s))...")
         # choose on the first half of val, report on the second
         self.probe, self.report_probe = make_probes(self.model, self.val)
         say(f"[edgekit] PyTorch reference: {self.params:,} parameters, probes in {time.time() - t0:.0f}s")
@@ -122,19 +124,24 @@ class GPTExport(pipeline.ExportSpec):
                               f"this model's fp32 weights are {self.fp32_bytes / 1e9:.1f} GB: use int8 or int4")
 
     # ----- sessions ------------------------------------------------------------------------------------
-    def session(self, m: onnx.ModelProto, *, threads: int | None = None, recipe: dict | None = None) -> GPTModel:
+    def session(self, m: onnx.ModelProto, *, threads: int | None = None, recipe: dict | None = None,
+                timed: bool = False) -> GPTModel:
         """A GPTModel over ``m``: a graph with weights in the work file is opened by path (onnxruntime maps
         the file; prepacking off, so the weights are not copied), a self-contained one from memory, with
-        the session entries its recipe will ask readers for (ModelCard deploy.session_config)."""
+        the session entries its recipe will ask readers for (ModelCard deploy.session_config). Check
+        sessions (not ``timed``) run without onnxruntime's memory arena: it would keep its largest
+        activations for the life of the session, and an export holds several."""
         threads = threads or self.check_threads
         card = self._card(recipe or self._recipes.get(id(m), {}))
+        so = session_options(threads, dict(card.deploy.session_config))
+        so.enable_cpu_mem_arena = timed
         if weights.external_bytes(m):
-            so = session_options(threads)
             so.add_session_config_entry("session.disable_prepacking", "1")
-            path = self.store.save(m, f"graph-{len(self._engines)}-{id(m)}.onnx")
-            sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+            src = str(self.store.save(m, f"graph-{len(self._engines)}-{id(m)}.onnx"))
         else:
-            sess = common.session(m, threads=threads, config=dict(card.deploy.session_config))
+            src = m.SerializeToString()
+        sess = ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+        del src
         return GPTModel(sess, card, threads=threads)
 
     def _card(self, recipe: dict) -> ModelCard:
@@ -153,7 +160,7 @@ class GPTExport(pipeline.ExportSpec):
         """Close the sessions of every graph but ``keep`` (each fp32 session maps the whole weight file)."""
         ids = {id(k) for k in keep}
         self._engines = {k: v for k, v in self._engines.items() if k in ids}
-        gc.collect()
+        common.release_memory()
 
     # ----- pipeline hooks ------------------------------------------------------------------------------
     def export_graph(self):
@@ -202,13 +209,16 @@ class GPTExport(pipeline.ExportSpec):
         return choice
 
     def skip_losers(self) -> bool:
-        return self.params > SKIP_LOSERS_PARAMS
+        """Always: auto takes the smallest passing scheme, so once one passes the larger ones cannot win;
+        not building them keeps onnxruntime's whole-model quantizers (int8-dynamic / -static, which hold
+        several copies of the fp32 model) out of the default export's memory and time."""
+        return True
 
     def _progress(self, what: str):
         def show(i: int, n: int) -> None:
             if i == n or i % max(1, n // 4) == 0:
                 self.say(f"[edgekit] {what}: {i}/{n} weights quantized")
-        return show if self.params > SKIP_LOSERS_PARAMS else None
+        return show if self.params > PROGRESS_PARAMS else None
 
     def _numerics(self, q: onnx.ModelProto, meta: dict) -> tuple[onnx.ModelProto, dict]:
         """cpu: as built; web: MatMulNBits at accuracy_level 0, the numerics wasm computes with."""
@@ -271,7 +281,7 @@ class GPTExport(pipeline.ExportSpec):
                                          meta={**self.meta, "deploy": {"target": "web", "session_config": config}},
                                          prompt_ids=prompt, tokens=DECODE_TOKENS, workdir=self._tmp.name,
                                          timer=self._timer)
-        e = self.session(m, threads=self.threads)
+        e = self.session(m, threads=self.threads, timed=True)
         opts = SamplingOptions(max_new_tokens=DECODE_TOKENS, heal=False)
         return lambda: 1.0 / e.run([prompt], opts)[0].tokens_per_s
 
