@@ -127,16 +127,19 @@ class GPTExport(pipeline.ExportSpec):
     def session(self, m: onnx.ModelProto, *, threads: int | None = None, recipe: dict | None = None,
                 timed: bool = False) -> GPTModel:
         """A GPTModel over ``m``: a graph with weights in the work file is opened by path (onnxruntime maps
-        the file; prepacking off, so the weights are not copied), a self-contained one from memory, with
+        the file; for fp32 graphs prepacking is off, so the weights are not copied; quantized graphs keep it:
+        MatMulNBits computes with int8 activations only from packed weights), a self-contained one from memory, with
         the session entries its recipe will ask readers for (ModelCard deploy.session_config). Check
         sessions (not ``timed``) run without onnxruntime's memory arena: it would keep its largest
         activations for the life of the session, and an export holds several."""
         threads = threads or self.check_threads
-        card = self._card(recipe or self._recipes.get(id(m), {}))
+        recipe = recipe or self._recipes.get(id(m), {})
+        card = self._card(recipe)
         so = session_options(threads, dict(card.deploy.session_config))
         so.enable_cpu_mem_arena = timed
         if weights.external_bytes(m):
-            so.add_session_config_entry("session.disable_prepacking", "1")
+            if not recipe:  # fp32 (no recipe): prepacking would copy every weight; a quantized graph keeps
+                so.add_session_config_entry("session.disable_prepacking", "1")  # it (its kernels' numerics)
             src = str(self.store.save(m, f"graph-{len(self._engines)}-{id(m)}.onnx"))
         else:
             src = m.SerializeToString()
@@ -185,7 +188,7 @@ class GPTExport(pipeline.ExportSpec):
         try:
             fused = optimize(simplified, self.cfg)
             common.check_dynamic(simplified, fused, step="optimize")
-            self._forget(simplified)
+            self._forget()  # one fp32 session at a time (each maps the whole weight file)
             diff = check(self.engine(fused), self.probe)["max_abs_diff"]
         except Exception as e:  # noqa: BLE001 - the fusions are optional: report why, keep the simplified graph
             record("optimize", simplified, t0, {"kept": False}, True, f"skipped: {common.first_line(e)}")
@@ -227,7 +230,7 @@ class GPTExport(pipeline.ExportSpec):
         return q, meta
 
     def quantize(self, base, recipe):
-        self._forget(base)
+        self._forget()
         if recipe == gpt_web.INT8_WEIGHTS:
             return self._numerics(*gpt_web.int8_weights(self.store.inline(base)))
         if recipe in WHOLE_MODEL:
@@ -250,7 +253,7 @@ class GPTExport(pipeline.ExportSpec):
             self._figures[recipe] = (f, r)
             if r is not None and within_budget(r):
                 break
-            self._forget(base)
+            self._forget()
         return q, {"scheme": recipe, **meta, "ladder": tried}
 
     def check_quant(self, q, recipe):

@@ -21,6 +21,7 @@ from onnx import helper as h
 from edgekit.errors import ExportError
 from edgekit.export import common
 from edgekit.export.gpt_graph import _copy, _prune, io_names, lm_head, token_gather, untie_head
+from edgekit.export.weights import INLINE_MAX
 
 SCHEMES = ("int4", "int8-nbits", "int8-dynamic", "int8-static")  # auto's candidates, smallest first
 WHOLE_MODEL = ("int8-dynamic", "int8-static")  # onnxruntime's quantizers of a whole in-memory model
@@ -180,7 +181,9 @@ def _position_lookup(node: onnx.NodeProto, w_pc: np.ndarray) -> tuple[list, list
 
 def build(base: onnx.ModelProto, store, mix: Mix, *, progress=None) -> tuple[onnx.ModelProto, dict]:
     """``base`` (fp32, weights in ``store``) with every MatMul weight and the tied matrix block-quantized,
-    one tensor at a time, as ``mix`` says; the result is self-contained (no external data)."""
+    one tensor at a time, as ``mix`` says. Its large tensors live in ``store`` (sessions map them; the
+    file is written self-contained when under 2 GB, common.write_model), so a candidate costs no memory
+    beyond the sessions that check it."""
     m = _copy(base)
     inits = {t.name: t for t in m.graph.initializer}
     graph_nodes = list(m.graph.node)  # held: the replacements below are keyed by these objects' ids
@@ -199,10 +202,9 @@ def build(base: onnx.ModelProto, store, mix: Mix, *, progress=None) -> tuple[onn
         K, N = w.shape
         block = block_for(K, mix.blocks.block)
         packed, scales, zp = _quantize_kn(w, mix.blocks, block)
-        q = [onnx.numpy_helper.from_array(packed, n.input[1] + f"_Q{mix.blocks.bits}"),
-             onnx.numpy_helper.from_array(scales, n.input[1] + "_scales")]
+        q = [store.put(n.input[1] + f"_Q{mix.blocks.bits}", packed), store.put(n.input[1] + "_scales", scales)]
         if zp is not None:
-            q.append(onnx.numpy_helper.from_array(zp, n.input[1] + "_zero_points"))
+            q.append(store.put(n.input[1] + "_zero_points", zp))
         new_inits += q
         replaced[id(n)] = [_matmul_nbits(f"{n.name}_Q{mix.blocks.bits}", n.input[0], n.output[0], K, N,
                                          mix.blocks.bits, block, [t.name for t in q])]
@@ -213,9 +215,9 @@ def build(base: onnx.ModelProto, store, mix: Mix, *, progress=None) -> tuple[onn
     m.graph.node.extend(nodes)
     m.graph.initializer.extend(new_inits)
     m = _prune(m)
-    for t in m.graph.initializer:  # what stays fp32 (position embedding, norms, biases) comes inside the file
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            t.CopyFrom(onnx.numpy_helper.from_array(np.asarray(store.read(t)), t.name))
+    for t in m.graph.initializer:  # the new large tensors go to the store too: the candidate stays a small
+        if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > INLINE_MAX:  # proto, its
+            t.CopyFrom(store.put(t.name, onnx.numpy_helper.to_array(t)))  # sessions map the work file
     if not any(o.domain == "com.microsoft" for o in m.opset_import):
         m.opset_import.append(h.make_opsetid("com.microsoft", 1))
     return m, recipe(mix)
