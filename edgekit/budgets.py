@@ -21,13 +21,22 @@ class BudgetError(AssertionError):
 
 def load_budgets(path: str | os.PathLike | None = None) -> dict:
     """Flatten ``[family.name]`` tables into {"family.name": {min|max, unit, source}}."""
+    from edgekit.limits import LIMITS, json_depth
+
     with open(path or os.environ.get("EDGEKIT_BUDGETS", DEFAULT), "rb") as f:
         data = tomllib.load(f)
+    if json_depth(data, LIMITS.toml_depth) > LIMITS.toml_depth:
+        raise ValueError(f"tables nested more than {LIMITS.toml_depth} levels deep (budgets use 2)")
     out = {}
     for family, table in data.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{family!r} must be a table of budgets ([family] then name = {{max = ..., source = ...}})")
         for name, b in table.items():
             if not isinstance(b, dict) or not ({"min", "max"} & b.keys()) or "source" not in b:
                 raise ValueError(f"budget {family}.{name} needs min or max and a source")
+            bad = [k for k in ("min", "max") if k in b and (isinstance(b[k], bool) or not isinstance(b[k], (int, float)))]
+            if bad or not isinstance(b["source"], str) or not isinstance(b.get("unit", ""), str):
+                raise ValueError(f"budget {family}.{name}: min and max must be numbers, source and unit text")
             out[f"{family}.{name}"] = b
     return out
 

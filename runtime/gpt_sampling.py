@@ -16,15 +16,16 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgekit.errors import UsageError
+from edgekit.limits import LIMITS
 
-MAX_NEW_TOKENS_LIMIT = 100_000
+MAX_NEW_TOKENS_LIMIT = LIMITS.max_new_tokens  # edgekit/limits.py holds every documented limit
 WINDOWS = ("slide", "exact")
 MIN_TEMPERATURE = 1e-3  # logits / T in float32 (the in-graph sampler's type) overflows for smaller T: use 0 for greedy
 # the repetition penalty's look-back: the context never holds more than block_size tokens (GPT-2's 1,024), so a
 # larger window penalizes nothing more; the cap bounds the (B, N) int64 window the sampler carries (64 KiB a row)
-REPEAT_LAST_N_LIMIT = 8_192
+REPEAT_LAST_N_LIMIT = LIMITS.repeat_last_n
 MAX_STOPS, MAX_STOP_CHARS = 16, 256  # stop strings per generation and characters per stop string
-SEED_LIMIT = 2**63 - 1  # numpy's generators take any non-negative integer; JSON clients send int64
+SEED_LIMIT = LIMITS.seed  # numpy's generators take any non-negative integer; JSON clients send int64
 
 
 class OptionError(UsageError):

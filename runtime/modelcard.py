@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from edgekit.errors import ModelFileError
+from edgekit.limits import LIMITS, check_gpt_config, check_range, json_depth
 
 META_KEY = "edgekit"  # the one ONNX metadata_props key edgekit writes
 FORMAT_VERSION = 1  # bumped when a key changes meaning or a reader must refuse older files
@@ -119,6 +120,8 @@ class ModelCard:
     @classmethod
     def from_json(cls, raw: str | None, *, path: str = "model") -> "ModelCard":
         """Parse and validate the ``edgekit`` metadata value; every problem is a ModelFileError naming ``path``."""
+        if raw is not None and len(raw) > LIMITS.metadata_bytes:
+            raise ModelFileError(f"{path}: edgekit metadata is {len(raw):,} bytes; at most {LIMITS.metadata_bytes:,}")
         if raw is None:
             raise ModelFileError(f"{path} has no edgekit metadata; export it with `edgekit export` "
                                  "(plain ONNX files are not edgekit models)")
@@ -127,6 +130,9 @@ class ModelCard:
         except (json.JSONDecodeError, RecursionError) as e:
             msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
             raise ModelFileError(f"{path}: edgekit metadata is not valid JSON ({msg}); the file was altered") from None
+        if json_depth(meta, LIMITS.metadata_depth) > LIMITS.metadata_depth:
+            raise ModelFileError(f"{path}: edgekit metadata is nested more than {LIMITS.metadata_depth} levels deep "
+                                 "(edgekit writes 4); the file was altered")
         return cls.from_dict(meta, path=path)
 
     @classmethod
@@ -148,6 +154,7 @@ class ModelCard:
                 bad.fail(f"config.{k} must be a positive integer for family {family!r}; got {config.get(k)!r}")
         for k in REQUIRED_KEYS.get(family, ()):
             bad.typed(k, dict, required=True)
+        _check_sizes(bad, family, config, meta)
         text = _text_fields(bad, meta, config) if "tokenizer" in meta else {}
         return cls(format=FORMAT_VERSION, family=family, config=_frozen(config),
                    edgekit_version=str(meta.get("edgekit_version", "?")), **text,
@@ -205,6 +212,28 @@ class _Checker:
         if not ok:
             self.fail(f"'{key}' must be {'an object' if kind is dict else 'a ' + kind.__name__}; got {json.dumps(v)[:40]}")
         return v
+
+
+def _check_sizes(bad: _Checker, family: str, config: dict, meta: dict) -> None:
+    """Sizes the runtime allocates by, within edgekit/limits.py's bounds, before any session or cache exists."""
+    L = LIMITS
+    if len(config) > L.config_items:
+        bad.fail(f"config has {len(config):,} keys; at most {L.config_items:,}")
+    where = f"{bad.path}: edgekit metadata config"
+    if family == "gpt":
+        check_gpt_config(config, where=where, error=ModelFileError)
+    elif family == "bytecnn":
+        max_len = meta.get("max_len", config.get("max_len"))
+        check_range("max_len", max_len, 1, L.bytecnn_max_len, where=f"{bad.path}: edgekit metadata", error=ModelFileError)
+    for k in REQUIRED_CONFIG.get(family, ()) if family != "gpt" else ():
+        check_range(k, config.get(k), 1, L.vector_dim, where=where, error=ModelFileError)
+    for k, high in (("vocab_size", L.vocab_size), ("block_size", L.block_size)):
+        if _is_int(meta.get(k)):  # mistyped values are _text_fields' to report
+            check_range(k, meta[k], 1, high, where=f"{bad.path}: edgekit metadata", error=ModelFileError)
+    gen = meta.get("generation")
+    if isinstance(gen, dict) and _is_int(gen.get("max_new_tokens")):
+        check_range("generation.max_new_tokens", gen["max_new_tokens"], 1, L.max_new_tokens,
+                    where=f"{bad.path}: edgekit metadata", error=ModelFileError)
 
 
 def _text_fields(bad: _Checker, meta: dict, config: dict) -> dict:

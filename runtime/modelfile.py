@@ -17,6 +17,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from edgekit.errors import ModelFileError
+from edgekit.limits import LIMITS
+from edgekit.runtime.graphcheck import check_graph
 from edgekit.runtime.modelcard import FORMAT_VERSION, META_KEY, ModelCard  # noqa: F401 (re-exported)
 
 
@@ -86,6 +88,8 @@ def read_metadata(path: str | os.PathLike) -> str | None:
         for num, span in _fields(buf):
             if num != 14 or span is None:
                 continue
+            if span[1] - span[0] > LIMITS.metadata_bytes + 1024:
+                raise ValueError(f"a metadata entry of {span[1] - span[0]:,} bytes (at most {LIMITS.metadata_bytes:,})")
             entry = {n: bytes(buf[s[0]:s[1]]) for n, s in _fields(buf, *span) if s is not None and n in (1, 2)}
             if entry.get(1, b"").decode("utf-8", errors="replace") == META_KEY:
                 return entry.get(2, b"").decode("utf-8")
@@ -117,6 +121,7 @@ def open_model(path: str | os.PathLike, *, threads: int | None = None) -> tuple[
         raw = read_metadata(path)
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelFileError(f"{path} is not a loadable ONNX model ({e})") from None
+    check_graph(path)  # constant-shape bombs, before onnxruntime folds them
     if raw is None:
         _session(path, threads, None)  # a corrupt file says so; a plain ONNX file lacks the metadata
     card = ModelCard.from_json(raw, path=str(path))

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import base64
 import codecs
+import contextlib
 import functools
 import json
 import os
+import threading
 from typing import Mapping
 
 import tiktoken
 import tiktoken.load
 
 from edgekit.errors import TokenizerError
+from edgekit.guard import safe_text, tiktoken_guard
+from edgekit.limits import LIMITS
 
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
@@ -54,7 +58,8 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Text -> ids; special-token text is encoded as plain text, never as a control token."""
         if self._enc is not None:
-            return self._enc.encode_ordinary(text)
+            with tiktoken_guard("tokenizer"):  # a pattern that passed the probes may still panic on other text
+                return self._enc.encode_ordinary(text)
         stoi = self._stoi
         unknown = sorted({c for c in text if c not in stoi})
         if unknown:
@@ -134,10 +139,90 @@ def encode_ranks(ranks: dict[bytes, int]) -> str:
 
 
 def decode_ranks(text: str) -> dict[bytes, int]:
+    """Ranks from ``encode_ranks``' text, validated: at most LIMITS.tokenizer_entries tokens, each distinct,
+    and every single byte ranked (tiktoken panics on text with a byte it cannot rank)."""
+    if not isinstance(text, str):
+        raise TokenizerError(f"BPE ranks in the model file must be a string; got {type(text).__name__}")
+    tokens = text.split(" ")
+    if len(tokens) > LIMITS.tokenizer_entries:
+        raise TokenizerError(f"BPE ranks in the model file have {len(tokens):,} tokens; at most "
+                             f"{LIMITS.tokenizer_entries:,} are allowed")
     try:
-        return {base64.b64decode(tok, validate=True): i for i, tok in enumerate(text.split(" "))}
+        ranks = {base64.b64decode(tok, validate=True): i for i, tok in enumerate(tokens)}
     except (ValueError, TypeError) as e:
-        raise TokenizerError(f"BPE ranks in the model file are corrupt: {e}") from e
+        raise TokenizerError(f"BPE ranks in the model file are corrupt: {e}") from None
+    if len(ranks) != len(tokens):
+        raise TokenizerError(f"BPE ranks in the model file are not unique: {len(tokens) - len(ranks):,} tokens repeat")
+    if b"" in ranks:
+        raise TokenizerError("BPE ranks in the model file include an empty token")
+    missing = [i for i in range(256) if bytes([i]) not in ranks]
+    if missing:
+        raise TokenizerError(f"BPE ranks in the model file lack {len(missing)} of the 256 single bytes (first: "
+                             f"0x{missing[0]:02x}); a byte-level BPE must rank every byte")
+    return ranks
+
+
+# text a split pattern is tried on before use: runs that make a backtracking pattern blow fancy-regex's
+# limit (tiktoken then panics), and ordinary code and prose
+_PROBES = ("a" * 200 + "!", " " * 200 + "x", "1" * 200 + "a", "é" * 100 + "\n", "\n" * 100 + "a",
+           "def get_value(self):\n    return self.x  # ünïcode ✓\n", "a1 " * 70 + "\t\r\n" * 10)
+
+
+def check_pat_str(pat: str) -> None:
+    """A split pattern tiktoken can run on any text: a bounded string that compiles, cannot match the empty
+    string (tiktoken panics on an empty piece), and stays within fancy-regex's backtrack limit on the probes."""
+    if not isinstance(pat, str) or not pat:
+        raise TokenizerError(f"tokenizer pat_str must be a non-empty string; got {safe_text(pat, 40)}")
+    if len(pat) > LIMITS.pat_str_chars:
+        raise TokenizerError(f"tokenizer pat_str has {len(pat):,} characters; at most {LIMITS.pat_str_chars:,}")
+    try:
+        import regex
+    except ImportError:  # pragma: no cover - without the regex module, tiktoken's own probe below decides
+        regex = None
+    if regex is not None:
+        try:
+            compiled = regex.compile(pat)
+        except (regex.error, RecursionError, OverflowError, ValueError) as e:
+            raise TokenizerError(f"tokenizer pat_str does not compile ({safe_text(str(e), 80)})") from None
+        if any(compiled.search(t, timeout=1.0) is not None and any(m.start() == m.end() for m in
+               compiled.finditer(t, timeout=1.0)) for t in ("", "a", " ", "1", "a b", "\n")):
+            raise TokenizerError("tokenizer pat_str can match the empty string; every piece must hold at least one "
+                                 "character (GPT-2's pattern is one that is valid)")
+    ranks = {bytes([i]): i for i in range(256)}
+    with tiktoken_guard("tokenizer pat_str"), _no_stderr():
+        enc = tiktoken.Encoding("edgekit-probe", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
+        for t in _PROBES:
+            enc.encode_ordinary(t)
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_stderr():
+    """File descriptor 2 pointed at /dev/null for a moment: a Rust panic prints its own lines there before it
+    becomes an exception (used only while a new tokenizer is probed)."""
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to protect
+            yield
+            return
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)
+
+
+def _check_rows(tok: "Tokenizer", rows: int | None, what: str) -> None:
+    """Every id ``tok`` can produce must be a row of the model's embedding (else it is read as zeros)."""
+    if rows is not None and tok.n_vocab > rows:
+        raise TokenizerError(f"{what} produces ids up to {tok.n_vocab - 1:,} but the model's embedding has {rows:,} "
+                             f"rows; the tokenizer must fit the model (at most {rows:,} ids)")
 
 
 def bpe_spec(ranks: dict[bytes, int], *, name: str, pat_str: str = GPT2_PAT_STR) -> dict:
@@ -146,26 +231,51 @@ def bpe_spec(ranks: dict[bytes, int], *, name: str, pat_str: str = GPT2_PAT_STR)
             "special_tokens": {ENDOFTEXT: len(ranks)}}
 
 
-def from_spec(spec: dict) -> Tokenizer:
-    """Build a tokenizer from the spec stored in a checkpoint or model file (a ModelCard's read-only mapping too)."""
+def _special_tokens(spec: dict, n_ranks: int, rows: int | None) -> dict[str, int]:
+    special = spec.get("special_tokens", {})
+    if not isinstance(special, dict) or len(special) > 1024:
+        raise TokenizerError("tokenizer special_tokens must be an object of at most 1,024 names -> ids")
+    top = max(rows or 0, LIMITS.vocab_size if rows is None else 0)
+    out = {}
+    for name, v in special.items():
+        if not (isinstance(v, int) and not isinstance(v, bool)) or not n_ranks <= v < max(top, n_ranks + len(special)):
+            raise TokenizerError(f"tokenizer special token {safe_text(name, 40)} has id {safe_text(v, 20)}; special ids "
+                                 f"follow the {n_ranks:,} ranks and must be rows of the model's embedding")
+        out[name] = v
+    if len(set(out.values())) != len(out):
+        raise TokenizerError("tokenizer special tokens share an id")
+    return out
+
+
+def from_spec(spec: dict, *, rows: int | None = None) -> Tokenizer:
+    """Build a tokenizer from the spec stored in a checkpoint or model file (a ModelCard's read-only mapping too),
+    validated before tiktoken sees it; ``rows``: the model's embedding rows, which every id must fit."""
     if isinstance(spec, Mapping):
         spec = {k: dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
     if not isinstance(spec, dict) or "kind" not in spec:
-        raise TokenizerError(f"tokenizer spec must be an object with a 'kind'; got {json.dumps(spec)[:80]}")
+        raise TokenizerError(f"tokenizer spec must be an object with a 'kind'; got {safe_text(json.dumps(spec)[:80])}")
     kind = spec["kind"]
     if kind == "gpt2":
-        return Tokenizer({"kind": "gpt2"}, enc=gpt2_encoding())
-    if kind == "bpe":
-        try:
-            enc = tiktoken.Encoding(spec.get("name", "edgekit-bpe"), pat_str=spec["pat_str"],
-                                    mergeable_ranks=decode_ranks(spec["ranks"]),
-                                    special_tokens={k: int(v) for k, v in spec.get("special_tokens", {}).items()})
-        except (KeyError, ValueError) as e:
-            raise TokenizerError(f"BPE tokenizer spec is incomplete or invalid: {e}") from e
-        return Tokenizer(spec, enc=enc)
-    if kind == "char":
+        tok = Tokenizer({"kind": "gpt2"}, enc=gpt2_encoding())
+    elif kind == "bpe":
+        if "pat_str" not in spec or "ranks" not in spec:
+            raise TokenizerError("BPE tokenizer spec is incomplete: it needs 'pat_str' and 'ranks'")
+        check_pat_str(spec["pat_str"])
+        ranks = decode_ranks(spec["ranks"])
+        special = _special_tokens(spec, len(ranks), rows)
+        name = spec.get("name", "edgekit-bpe")
+        with tiktoken_guard("BPE tokenizer"):
+            enc = tiktoken.Encoding(name if isinstance(name, str) else "edgekit-bpe", pat_str=spec["pat_str"],
+                                    mergeable_ranks=ranks, special_tokens=special)
+        tok = Tokenizer(spec, enc=enc)
+    elif kind == "char":
         itos = spec.get("itos")
-        if not isinstance(itos, list) or not all(isinstance(c, str) for c in itos) or len(set(itos)) != len(itos):
-            raise TokenizerError("character tokenizer spec needs 'itos': a list of distinct strings")
-        return Tokenizer({"kind": "char", "itos": itos}, itos=itos)
-    raise TokenizerError(f"unknown tokenizer kind {kind!r}; known: gpt2, bpe, char")
+        if not isinstance(itos, list) or not all(isinstance(c, str) and c for c in itos) or len(set(itos)) != len(itos):
+            raise TokenizerError("character tokenizer spec needs 'itos': a list of distinct non-empty strings")
+        if len(itos) > LIMITS.tokenizer_entries:
+            raise TokenizerError(f"character tokenizer has {len(itos):,} entries; at most {LIMITS.tokenizer_entries:,}")
+        tok = Tokenizer({"kind": "char", "itos": itos}, itos=itos)
+    else:
+        raise TokenizerError(f"unknown tokenizer kind {safe_text(kind, 40)}; known: gpt2, bpe, char")
+    _check_rows(tok, rows, f"the {kind} tokenizer")
+    return tok

@@ -44,6 +44,12 @@ class Checkpoint:
     meta_path: Path | None = None  # the meta.pkl the tokenizer came from (--meta or nanoGPT's data folder)
     dataset: DatasetFiles | None = None  # nanoGPT's data/<dataset> files found for this checkpoint
 
+    def read_paths(self) -> tuple[Path, ...]:
+        """Files loading read or found for export beyond the checkpoint (meta.pkl, nanoGPT's val.bin, train.bin)."""
+        d = self.dataset
+        found = (self.meta_path,) + ((d.meta, d.val_bin, d.train_bin) if d is not None else ())
+        return tuple(p for p in found if p is not None)
+
     def build_model(self):
         """Instantiate the family's model and load the weights strictly, in eval mode."""
         models = get_family(self.family).models()
