@@ -36,7 +36,8 @@ def main(argv: list[str]) -> int:
     try:
         rc = cli(["export", *argv], prog_name="edgekit", standalone_mode=True)
     except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
+        rc = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    rc = 0 if rc is None else rc  # click's standalone mode returns on success
     seconds = time.time() - t0
     peak = _status_mb("VmHWM")
     out = Path(argv[argv.index("-o") + 1]) if "-o" in argv else None
