@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import re
+import reprlib
 
 from edgekit.errors import TokenizerError
 
 # C0 and C1 control characters, DEL, and the Unicode bidi and line/paragraph separators that reorder or
 # break what a terminal shows; tab is escaped too (one line means one line)
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+# repr of values from files, bounded: a pickle's shared references can make a 230-byte list whose full repr is
+# gigabytes; reprlib stops at a few levels and a few items
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 6, 80, 80
+_REPR.maxlong = 40
 
 
 def _escape(m: re.Match) -> str:
@@ -28,10 +36,15 @@ def _escape(m: re.Match) -> str:
 
 def safe_text(value, limit: int | None = 200) -> str:
     """``value`` as text fit for a terminal: control characters escaped repr-style, at most ``limit`` characters."""
-    text = value if isinstance(value, str) else repr(value)
+    text = value if isinstance(value, str) else _REPR.repr(value)
     if limit is not None and len(text) > limit:
         text = text[:limit] + "..."
     return _CONTROL.sub(_escape, text)
+
+
+def shown(value, limit: int = 80) -> str:
+    """``value`` repr-style (strings in quotes), bounded and escaped: for naming a file's value in a message."""
+    return safe_text(_REPR.repr(value), limit)
 
 
 def is_panic(e: BaseException) -> bool:

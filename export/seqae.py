@@ -13,9 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from edgekit.errors import ExportError
 from edgekit.export import pipeline
 from edgekit.export.common import ExportReport
 from edgekit.export.vectors import VectorExport
+from edgekit.limits import check_range
 from edgekit.options import ExportOptions
 from edgekit.train import vectors
 from edgekit.train.checkpoint import Checkpoint
@@ -26,9 +28,16 @@ QUALITY_BUDGET = 0.01  # int8: held-out token cosine may drop by at most this mu
 def _heldout(ckpt: Checkpoint, opts: ExportOptions) -> tuple[np.ndarray, np.ndarray]:
     """Held-out token vectors (N, T, 384) and lengths (N,): --data's test split or the checkpoint's sample."""
     if opts.data is not None:
-        max_len = ckpt.config.get("train", {}).get("max_len", 32)
+        train = ckpt.config.get("train")
+        max_len = train.get("max_len", 32) if isinstance(train, dict) else 32
+        check_range("config.train.max_len", max_len, 1, 4096, where=f"checkpoint {ckpt.path}", error=ExportError)
         return vectors.token_batch(vectors.token_sequences(opts.data, max_len=max_len, cap=512)["test"][:64])
-    ids, lengths = ckpt.extra["heldout_ids"].numpy(), ckpt.extra["heldout_lengths"].numpy()
+    ids, lengths = ckpt.extra.get("heldout_ids"), ckpt.extra.get("heldout_lengths")
+    if not (isinstance(ids, torch.Tensor) and isinstance(lengths, torch.Tensor) and ids.dim() == 2
+            and lengths.dim() == 1 and len(lengths) == len(ids) and not ids.is_floating_point()):
+        raise ExportError(f"checkpoint {ckpt.path} lacks its held-out sample (heldout_ids, heldout_lengths); "
+                          "pass --data to verify on text")
+    ids, lengths = ids.numpy(), lengths.numpy().clip(0, ids.shape[1])
     return vectors.token_batch([ids[i, :n] for i, n in enumerate(lengths)])
 
 

@@ -22,7 +22,7 @@ import tiktoken
 import tiktoken.load
 
 from edgekit.errors import TokenizerError
-from edgekit.guard import safe_text, tiktoken_guard
+from edgekit.guard import safe_text, shown, tiktoken_guard
 from edgekit.limits import LIMITS
 
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -276,6 +276,6 @@ def from_spec(spec: dict, *, rows: int | None = None) -> Tokenizer:
             raise TokenizerError(f"character tokenizer has {len(itos):,} entries; at most {LIMITS.tokenizer_entries:,}")
         tok = Tokenizer({"kind": "char", "itos": itos}, itos=itos)
     else:
-        raise TokenizerError(f"unknown tokenizer kind {safe_text(kind, 40)}; known: gpt2, bpe, char")
+        raise TokenizerError(f"unknown tokenizer kind {shown(kind, 40)}; known: gpt2, bpe, char")
     _check_rows(tok, rows, f"the {kind} tokenizer")
     return tok

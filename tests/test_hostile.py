@@ -61,7 +61,7 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def edgekit(argv, *, cwd, env=None, stdin=None, timeout=60.0) -> Outcome:
+def edgekit(argv, *, cwd, env=None, stdin=None, timeout=45.0, module="edgekit") -> Outcome:
     """``python -m edgekit argv`` in ``cwd``; peak memory from wait4's rusage, a watchdog for runaways."""
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"hostile-{os.getpid()}-{threading.get_ident()}"
     logs.mkdir(exist_ok=True)
@@ -70,7 +70,7 @@ def edgekit(argv, *, cwd, env=None, stdin=None, timeout=60.0) -> Outcome:
     full_env.pop("EDGEKIT_DEBUG", None)
     with open(out, "wb") as fo, open(err, "wb") as fe:
         t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-m", "edgekit", *map(str, argv)], cwd=cwd, env=full_env,
+        p = subprocess.Popen([sys.executable, "-m", module, *map(str, argv)], cwd=cwd, env=full_env,
                              stdout=fo, stderr=fe, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE)
         if stdin is not None:
             p.stdin.write(stdin)
@@ -592,6 +592,181 @@ def _(t, kit):
     return ["train", "phase1", "--out", t / "runs", "--seed", 2**70, "--max-iters", 1, "--tokens", 2000, "--quiet"]
 
 
+# class 4, checkpoints: crafted torch.save archives (a pickle written with persistent ids, as torch.save does)
+class _Storage:
+    def __init__(self, key, numel):
+        self.key, self.numel = key, numel
+
+
+class _Tensor:
+    def __init__(self, storage, size, stride, offset=0):
+        self.args = (storage, offset, tuple(size), tuple(stride), False, __import__("collections").OrderedDict())
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+class _Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+        return None
+
+
+def craft(path: Path, obj, entries: dict, *, compress=()):
+    """A torch.save-style zip: ``obj`` pickled with storages as persistent ids; ``entries``: key -> bytes, or an
+    int (that many zero bytes, streamed); keys in ``compress`` are deflated (torch.save never does)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=2).dump(obj)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+        for key, data in entries.items():
+            kind = zipfile.ZIP_DEFLATED if key in compress else zipfile.ZIP_STORED
+            info = zipfile.ZipInfo(f"archive/data/{key}")
+            info.compress_type = kind
+            with z.open(info, "w", force_zip64=True) as f:
+                if isinstance(data, int):
+                    chunk = bytes(1 << 24)
+                    for i in range(0, data, len(chunk)):
+                        f.write(chunk[: min(len(chunk), data - i)])
+                else:
+                    f.write(data)
+    return path
+
+
+def _ckpt_dict(kit, model=None, **over):
+    st = kit["state"]
+    return {"model": model if model is not None else {"w": _Tensor(_Storage("0", 4), (4,), (1,))},
+            "model_args": st["model_args"], "iter_num": 1, "best_val_loss": 1.0, "config": {}, "family": "gpt",
+            "tokenizer": st["tokenizer"], **over}
+
+
+def _ckpt_case(cid, cls, expect, build):
+    @case(cid, cls, expect)
+    def _(t, kit):
+        path = build(t, kit)
+        return ["export", path, "-o", t / "out.onnx", "--quant", "fp32"]
+
+
+_ckpt_case("zip-bomb-1.2gb-entry", 4, "zip bomb", lambda t, kit: craft(
+    t / "bomb.pt", _ckpt_dict(kit, {"w": _Tensor(_Storage("0", 300_000_000), (300_000_000,), (1,))}),
+    {"0": 1_200_000_000}, compress=("0",)))
+_ckpt_case("compressed-entry", 4, "compressed", lambda t, kit: craft(
+    t / "c.pt", _ckpt_dict(kit), {"0": bytes(16)}, compress=("0",)))
+_ckpt_case("stride-0-tensor-1.6gb", 4, "stride 0", lambda t, kit: craft(
+    t / "s0.pt", _ckpt_dict(kit, {"w": _Tensor(_Storage("0", 1), (40_000, 10_000), (0, 0))}), {"0": bytes(4)}))
+_ckpt_case("storage-claims-more-than-entry", 4, "claims", lambda t, kit: craft(
+    t / "big.pt", _ckpt_dict(kit, {"w": _Tensor(_Storage("0", 10**9), (10**9,), (1,))}), {"0": bytes(4)}))
+_ckpt_case("view-past-storage", 4, "past its storage", lambda t, kit: craft(
+    t / "v.pt", _ckpt_dict(kit, {"w": _Tensor(_Storage("0", 10), (10,), (1,), offset=5)}), {"0": bytes(40)}))
+_ckpt_case("storage-without-entry", 4, "no data", lambda t, kit: craft(
+    t / "n.pt", _ckpt_dict(kit, {"w": _Tensor(_Storage("7", 1), (1,), (1,))}), {"0": bytes(4)}))
+
+
+def _nested(kind, depth):
+    v = ()
+    for _ in range(depth):
+        v = (v, v) if kind == "tuple" else [v, v]
+    return v
+
+
+class _KeyedDict:
+    """Pickles as an OrderedDict with one (key, value) item, without hashing the key here (a nested tuple of shared
+    references takes 2^depth steps to hash: that is the attack)."""
+
+    def __init__(self, key, value):
+        self.item = (key, value)
+
+    def __reduce__(self):
+        import collections
+
+        return (collections.OrderedDict, (), None, None, iter([self.item]))
+
+
+_ckpt_case("huge-tuple-key", 4, "dict key", lambda t, kit: craft(
+    t / "k.pt", _ckpt_dict(kit, config=_KeyedDict(_nested("tuple", 40), 1)), {"0": bytes(16)}))
+_ckpt_case("shared-reference-list-2^40", 4, "expands", lambda t, kit: craft(
+    t / "l.pt", _ckpt_dict(kit, config={"data": _nested("list", 40)}), {"0": bytes(16)}))
+
+
+def _cyclic():
+    a = []
+    a.append(a)
+    return a
+
+
+_ckpt_case("list-contains-itself", 4, "itself", lambda t, kit: craft(
+    t / "cy.pt", _ckpt_dict(kit, config={"x": _cyclic()}), {"0": bytes(16)}))
+
+
+def _args_case(cid, cls, expect, change, family="gpt"):
+    @case(cid, cls, expect)
+    def _(t, kit):
+        args = dict(kit["state"]["model_args"])
+        change(args)
+        ck = _save_gpt(t / "a.pt", model_args=args, family=family)
+        return ["export", ck, "-o", t / "out.onnx", "--quant", "fp32"]
+
+
+_args_case("model-args-n-layer-1e6", 4, "n_layer", lambda a: a.update(n_layer=10**6))
+_args_case("model-args-n-embd-3e6", 4, "n_embd", lambda a: a.update(n_embd=3 * 10**6))
+_args_case("model-args-more-params-than-carried", 4, "do not match", lambda a: a.update(n_layer=200, n_embd=1024, n_head=16))
+_args_case("bytecnn-args-1.3g-params-carries-8k", 4, "carries", lambda a: (a.clear(), a.update(
+    max_len=8, emb_dim=16, channels=[8192, 8192], kernels=[5, 5], strides=[1, 1], hidden=0)), family="bytecnn")
+_args_case("model-args-vocab-1e9", 4, "vocab_size", lambda a: a.update(vocab_size=10**9))
+_args_case("model-args-block-1e9", 4, "block_size", lambda a: a.update(block_size=10**9))
+_args_case("model-args-n-head-0", 5, "n_head", lambda a: a.update(n_head=0))
+_args_case("model-args-n-head-not-dividing", 5, "divide", lambda a: a.update(n_head=3))
+_args_case("model-args-n-layer-text", 5, "n_layer", lambda a: a.update(n_layer="6"))
+_args_case("model-args-list-of-1e5", 5, "model_args", lambda a: a.update(extra=list(range(100_000))))
+_args_case("model-args-bytecnn-max-len-1.5e8", 4, "max_len", lambda a: a.update(max_len=150_000_000), family="bytecnn")
+
+
+@case("checkpoint-family-is-a-list", 5, "family")
+def _(t, kit):
+    return ["export", _save_gpt(t / "f.pt", family=["gpt"]), "-o", t / "out.onnx"]
+
+
+@case("checkpoint-family-escape", 5, "family")
+def _(t, kit):
+    return ["export", _save_gpt(t / "f.pt", family="gpt\x1b]2;owned\x07"), "-o", t / "out.onnx"]
+
+
+def _meta_pkl_case(cid, cls, expect, meta):
+    @case(cid, cls, expect)
+    def _(t, kit):
+        ck, data = _nanogpt(t, kit)
+        with open(data / "meta.pkl", "wb") as f:
+            pickle.dump(meta(), f)
+        return ["export", ck, "-o", t / "out.onnx", "--quant", "fp32"]
+
+
+_meta_pkl_case("meta-pkl-shared-reference-vocab-size", 4, "vocab_size",
+               lambda: {"itos": {i: chr(32 + i) for i in range(65)}, "vocab_size": _nested("list", 26)})
+_meta_pkl_case("meta-pkl-shared-reference-itos", 4, "itos", lambda: {"itos": _nested("list", 26)})
+_meta_pkl_case("meta-pkl-itos-not-text", 5, "itos", lambda: {"itos": {i: i for i in range(65)}, "vocab_size": 65})
+_meta_pkl_case("meta-pkl-itos-escape", 5, None,
+               lambda: {"itos": {0: "\x1b]0;x\x07", 1: "b"}, "vocab_size": "\x1b[2J"})
+
+
+@case("vectors-cache-is-a-file", 5, "EDGEKIT_CACHE")
+def _(t, kit):
+    (t / "cache").write_text("not a folder")
+    return {"argv": ["sentences", "Hello there. Fine.", "-o", t / "x.npy"], "module": "edgekit.train.vectors",
+            "env": {"EDGEKIT_CACHE": str(t / "cache")}}
+
+
+@case("vectors-o-is-the-text-file", 1, "reads it")
+def _(t, kit):
+    (t / "text.npy").write_text("Hello there. Fine.")
+    return {"argv": ["tokens", f"@{t / 'text.npy'}", "-o", t / "text.npy"], "module": "edgekit.train.vectors"}
+
+
 def _inspect_ok(cid, change):
     @case(cid, 5)
     def _(t, kit):
@@ -612,7 +787,7 @@ def test_hostile(build, expect, kit, tmp_path):
     spec = build(tmp_path, kit)
     spec = spec if isinstance(spec, dict) else {"argv": spec}
     before = snapshot(tmp_path)
-    r = edgekit(spec["argv"], cwd=tmp_path, env=spec.get("env"))
+    r = edgekit(spec["argv"], cwd=tmp_path, env=spec.get("env"), module=spec.get("module", "edgekit"))
     after = snapshot(tmp_path)
     if spec.get("clean_ok"):  # a valid file whose metadata holds control characters: shown, escaped
         assert r.code == 0 and "Traceback" not in r.stderr, r
@@ -632,3 +807,39 @@ def test_hostile(build, expect, kit, tmp_path):
         assert "hint" in r.stderr
         return
     assert_refused(r, before, after, expect)
+
+
+# ----- the Python API: the same refusals as exceptions an application's `except Exception` catches -----------
+@pytest.mark.parametrize("change", [
+    lambda tok: tok.update(ranks=_ranks_text(drop=(97,))),
+    lambda tok: tok.update(pat_str=r"\w*"),
+    lambda tok: tok.update(pat_str=r"(?:(?:a|a)+)+(?!x)b|\s+|\S"),
+], ids=["missing-byte", "matches-empty", "backtrack-limit"])
+def test_load_raises_an_edgekit_error_not_a_panic(change, kit, tmp_path, capfd):
+    from edgekit.errors import EdgekitError, TokenizerError
+    from edgekit.runtime import load
+
+    meta = meta_with(kit)
+    change(meta["tokenizer"])
+    path = with_meta(kit, tmp_path / "m.onnx", meta)
+    try:
+        load(path)
+    except Exception as e:  # noqa: BLE001 - what an application writes: a panic would pass through it
+        assert isinstance(e, TokenizerError) and isinstance(e, EdgekitError), repr(e)
+    else:
+        raise AssertionError("loaded")
+    out, err = capfd.readouterr()
+    assert "panicked" not in err and not out, err
+
+
+def test_encode_panic_after_load_is_a_tokenizer_error(capfd):
+    """A pattern that passes the probes may still exceed the backtrack limit on other text: encode raises."""
+    import tiktoken
+
+    from edgekit.errors import TokenizerError
+    from edgekit.runtime.tokenizer import Tokenizer
+
+    enc = tiktoken.Encoding("t", pat_str=r"(?:(?:q|q)+)+(?!x)z|\s+|\S", mergeable_ranks={bytes([i]): i for i in range(256)},
+                            special_tokens={})
+    with pytest.raises(TokenizerError):
+        Tokenizer({"kind": "bpe"}, enc=enc).encode("q" * 60 + "y")

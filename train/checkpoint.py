@@ -24,7 +24,10 @@ import torch
 import edgekit
 from edgekit.errors import CheckpointError
 from edgekit.fileio import atomic_path
+from edgekit.guard import safe_text, shown
+from edgekit.limits import LIMITS, check_gpt_config, check_range, is_int
 from edgekit.registry import FAMILIES, get_family
+from edgekit.train.checkpoint_scan import scan_checkpoint
 from edgekit.train.nanogpt import DatasetFiles, find_dataset
 
 
@@ -51,13 +54,21 @@ class Checkpoint:
         return tuple(p for p in found if p is not None)
 
     def build_model(self):
-        """Instantiate the family's model and load the weights strictly, in eval mode."""
+        """Instantiate the family's model and load the weights strictly, in eval mode. The model is built on
+        torch's meta device first: one whose parameters outnumber the weights the file carries is refused
+        before any memory is allocated for it."""
         models = get_family(self.family).models()
         try:
+            with torch.device("meta"):
+                planned = sum(p.numel() for p in models.build(self.model_args).parameters())
+            carried = sum(v.numel() for v in self.state_dict.values())
+            if planned > carried:
+                raise CheckpointError(f"checkpoint {self.path}: model_args describe {planned:,} parameters but the "
+                                      f"file carries {carried:,} weights")
             model = models.build(self.model_args)
-        except (TypeError, ValueError, AssertionError) as e:
+        except (TypeError, ValueError, AssertionError, ZeroDivisionError, OverflowError) as e:
             raise CheckpointError(f"checkpoint {self.path}: model_args do not describe a valid "
-                                  f"{self.family} model ({e})") from e
+                                  f"{self.family} model ({safe_text(str(e), 160)})") from None
         try:
             missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
         except RuntimeError as e:  # shape mismatches
@@ -97,6 +108,9 @@ def save_checkpoint(path: str | Path, *, model, model_args: dict, family: str, t
     return Path(path)
 
 
+META_PKL_BYTES = 64 << 20  # a character table of a million entries is ~10 MB pickled
+
+
 def _torch_load(path: Path) -> dict:
     """``torch.load(weights_only=True)``, memory-mapped: tensors stay in the file until read, so a
     nanoGPT checkpoint's AdamW state (twice the weights) is never loaded. Files in torch's legacy
@@ -124,6 +138,25 @@ def _torch_load(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({first})") from None
 
 
+def _check_model_args(path: Path, family: str, args: dict) -> None:
+    """model_args within edgekit/limits.py before any model is built: plain values of bounded size, and the
+    family's sizes (GPT: layers, heads dividing the width, block, vocabulary; bytecnn: max_len)."""
+    if len(args) > LIMITS.config_items:
+        raise CheckpointError(f"checkpoint {path}: model_args has {len(args):,} keys; at most {LIMITS.config_items:,}")
+    for k, v in args.items():
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        if not isinstance(k, str) or len(vals) > 1024 or not all(
+                v2 is None or isinstance(v2, (bool, float, str)) and len(str(v2)) <= 1000
+                or is_int(v2) and -(1 << 31) <= v2 <= 1 << 24 for v2 in vals):
+            raise CheckpointError(f"checkpoint {path}: model_args {safe_text(k, 40)} must be a number, text or a short "
+                                  f"list of them, each integer at most {1 << 24:,}; got {safe_text(v, 60)}")
+    where = f"checkpoint {path}: model_args"
+    if family == "gpt":
+        check_gpt_config(args, where=where, error=CheckpointError)
+    elif family == "bytecnn":
+        check_range("max_len", args.get("max_len"), 1, LIMITS.bytecnn_max_len, where=where, error=CheckpointError)
+
+
 def load_meta_pkl(path: str | Path) -> dict:
     """nanoGPT's character-level meta.pkl, read with an unpickler that refuses every global."""
 
@@ -134,22 +167,28 @@ def load_meta_pkl(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"meta file {str(path)!r} does not exist")
+    if path.stat().st_size > META_PKL_BYTES:
+        raise CheckpointError(f"{path} is {path.stat().st_size:,} bytes; a meta.pkl holds at most {META_PKL_BYTES:,}")
     try:
         meta = _NoGlobals(io.BytesIO(path.read_bytes())).load()
     except CheckpointError:
         raise
-    except Exception as e:  # any malformed pickle: report it as bad input
-        raise CheckpointError(f"{path} is not a readable meta.pkl ({type(e).__name__}: {e})") from None
+    except Exception as e:  # any malformed pickle: report it as bad input (its text may be the file's)
+        raise CheckpointError(f"{path} is not a readable meta.pkl ({type(e).__name__}: {safe_text(str(e), 120)})") from None
     itos = meta.get("itos") if isinstance(meta, dict) else None
     if not isinstance(itos, dict) or not itos:
         raise CheckpointError(f"{path} has no 'itos' character table")
+    if len(itos) > LIMITS.tokenizer_entries:
+        raise CheckpointError(f"{path}: 'itos' has {len(itos):,} entries; at most {LIMITS.tokenizer_entries:,}")
     try:
         table = [itos[i] for i in range(len(itos))]
-    except KeyError:
+    except (KeyError, TypeError):
         raise CheckpointError(f"{path}: 'itos' must map 0..n-1 to characters") from None
+    if not all(isinstance(c, str) and 0 < len(c) <= 16 for c in table):
+        raise CheckpointError(f"{path}: 'itos' must map 0..n-1 to characters (short strings)")
     declared = meta.get("vocab_size", len(table))
     if declared != len(table):
-        raise CheckpointError(f"{path}: 'vocab_size' is {declared!r} but 'itos' has {len(table)} characters")
+        raise CheckpointError(f"{path}: 'vocab_size' is {safe_text(declared, 40)} but 'itos' has {len(table)} characters")
     return {"kind": "char", "itos": table}
 
 
@@ -194,12 +233,13 @@ def load_checkpoint(path: str | Path, *, meta: str | Path | None = None) -> Chec
         raise CheckpointError(f"checkpoint {str(path)!r} is a folder; give the .pt file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty")
+    scan_checkpoint(path)  # sizes, strides and the pickle's shape against what the file carries
     obj = _torch_load(path)
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path} is not an edgekit or nanoGPT checkpoint (expected a dict with 'model')")
     family = obj.get("family", "gpt")
-    if family not in FAMILIES:
-        raise CheckpointError(f"checkpoint {path} has family {family!r}; known: {', '.join(FAMILIES)}")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise CheckpointError(f"checkpoint {path} has family {shown(family, 60)}; known: {', '.join(FAMILIES)}")
     model_args = obj.get("model_args")
     if not isinstance(model_args, dict) or not model_args:
         raise CheckpointError(f"checkpoint {path} has no 'model_args' dict describing the architecture")
@@ -222,6 +262,7 @@ def load_checkpoint(path: str | Path, *, meta: str | Path | None = None) -> Chec
     if best is not None and not math.isfinite(best):
         best = None
     known = {"model", "model_args", "iter_num", "best_val_loss", "config", "family", "tokenizer"}
+    _check_model_args(path, family, model_args)  # before any model is built (export builds it)
     return Checkpoint(
         path=path, family=family, model_args=dict(model_args), state_dict=state, tokenizer=tokenizer,
         iter_num=int(obj.get("iter_num", 0) or 0), best_val_loss=best, config=config,

@@ -104,6 +104,19 @@ def mean_dict(d: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / world() for k, v in zip(keys, t.tolist())}
 
 
+def agree(reasons: dict[str, bool]) -> dict[str, bool]:
+    """Each stop reason true on any rank, for every rank, in one collective (an all_reduce MAX of a flag per
+    reason). Every rank passes the same names; a rank whose own clock ran out, whose loss diverged or whose
+    patience ended then stops at the same step as the others, so no rank waits in a collective the others
+    never enter."""
+    if world() == 1:
+        return {k: bool(v) for k, v in reasons.items()}
+    keys = sorted(reasons)
+    flags = torch.tensor([1 if reasons[k] else 0 for k in keys], dtype=torch.int32, device=_DEVICE)
+    tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+    return {k: bool(v) for k, v in zip(keys, flags.tolist())}
+
+
 def broadcast_object(obj):
     """Rank 0's object on every rank (e.g. a freshly trained tokenizer)."""
     if world() == 1:

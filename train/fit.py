@@ -141,8 +141,8 @@ def _step(spec: TrainSpec, run: Run, step: int, hp: dict, max_iters: int, autoca
     batch = _shard(spec.batch(run.generator))
     with autocast:
         loss = spec.loss(spec.model, batch)
-    if not torch.isfinite(loss):
-        raise DataError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+    # a non-finite loss is not raised here: this rank's rows may diverge while others do not, and a rank that
+    # left now would leave the others waiting in average_grads; the ranks agree on it after the step (fit)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     dist.average_grads(spec.model)
@@ -168,9 +168,10 @@ def _evaluate(spec: TrainSpec, run: Run, step: int, losses: list[float], best: l
 
 
 def fit(spec: TrainSpec, *, hp: dict, desc: str, progress_bar: bool = True, time_budget: float | None = None,
-        resume: dict | None = None, resume_step: int = 0) -> Run:
+        resume: dict | None = None, resume_step: int = 0, clock: Callable[[], float] = time.monotonic) -> Run:
     """Train until ``hp['max_iters']``, early stopping on ``spec.monitor`` or the time budget (seconds of this
-    loop); evaluates every ``hp['eval_interval']`` steps and at the end. The best weights end up loaded."""
+    loop, read from ``clock``); evaluates every ``hp['eval_interval']`` steps and at the end. The best weights
+    end up loaded. Under torchrun the ranks agree on every stop (``distributed.agree``) after each step."""
     if hp["batch_size"] % dist.world():
         raise UsageError(f"--batch-size {hp['batch_size']} must be divisible by the {dist.world()} processes")
     model, max_iters = spec.model, hp["max_iters"]
@@ -183,7 +184,7 @@ def fit(spec: TrainSpec, *, hp: dict, desc: str, progress_bar: bool = True, time
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if spec.autocast and hp["device"].startswith("cuda")
                 and torch.cuda.is_bf16_supported() else contextlib.nullcontext())
     best, losses, main = [None], [], dist.rank() == 0
-    t0 = time.time()
+    t0 = clock()
     stop = spec.eval_at_start and resume is None and _evaluate(spec, run, run.steps, losses, best)
     with progress(max_iters, desc=desc, enabled=progress_bar and main, initial=run.steps) as bar:
         while not stop and run.steps < max_iters:
@@ -191,16 +192,26 @@ def fit(spec: TrainSpec, *, hp: dict, desc: str, progress_bar: bool = True, time
             run.steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-            out_of_time = time_budget is not None and time.time() - t0 > time_budget
-            if run.steps % hp["eval_interval"] == 0 or run.steps == max_iters or out_of_time:
-                stop = _evaluate(spec, run, run.steps, losses, best)
+            evaluated = early = False
+            if run.steps % hp["eval_interval"] == 0 or run.steps == max_iters:  # the same step on every rank
+                early, evaluated = _evaluate(spec, run, run.steps, losses, best), True
+            # every reason to stop, agreed in one collective: each rank's own clock and loss may differ
+            why = dist.agree({"diverged": not math.isfinite(losses[-1]), "early_stopping": early,
+                              "max_iters": run.steps >= max_iters,
+                              "time_budget": time_budget is not None and clock() - t0 > time_budget})
+            if why["diverged"]:
+                raise DataError(f"training diverged at step {run.steps - 1} (loss {losses[-1]} on this process, "
+                                "non-finite on at least one); lower --lr")
+            if why["time_budget"] and not evaluated:  # a last evaluation, on every rank together
+                early, evaluated = _evaluate(spec, run, run.steps, losses, best), True
+            if evaluated:
                 losses = []
                 bar.set_postfix({spec.monitor: f"{run.history.metrics[spec.monitor][-1]:.4f}"}, refresh=False)
-                if stop:
-                    run.stopped_by = "early_stopping"
-                elif out_of_time:
-                    run.stopped_by, stop = "time_budget", True
-    run.seconds = time.time() - t0
+            if why["early_stopping"] or early:
+                run.stopped_by, stop = "early_stopping", True
+            elif why["time_budget"]:
+                run.stopped_by, stop = "time_budget", True
+    run.seconds = clock() - t0
     if main and run.stopped_by == "early_stopping":
         log(f"[edgekit] early stop at step {run.steps}: {spec.monitor} has not improved for {hp['patience']} "
             f"evaluations since step {run.stopper.best_step} ({run.stopper.best:.4f})")

@@ -17,7 +17,6 @@ do not depend on file order, caps or the machine, and duplicates never straddle 
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import hashlib
 import importlib.util
@@ -426,23 +425,7 @@ def finish_run(out: Path, *, preset, summary: dict, history, stopper, keys: tupl
                 best_step=stopper.best_step, keys=keys, ylabel=ylabel)
 
 
-def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edgekit.train.vectors",
-                                 description="Turn text into MiniLM vectors (.npy) for `edgekit infer`.")
-    ap.add_argument("kind", choices=["tokens", "sentences"],
-                    help="tokens: (T, 384) static token vectors (seqae); sentences: (N, 384) sentence vectors (amn)")
-    ap.add_argument("text", help="the text, or @FILE to read it from a file")
-    ap.add_argument("-o", "--out", required=True, help="output .npy path")
-    a = ap.parse_args(argv)
-    text = Path(a.text[1:]).read_text(encoding="utf-8") if a.text.startswith("@") else a.text
-    if a.kind == "tokens":
-        arr = token_table()[token_ids(text)]
-    else:
-        arr = encode_sentences(split_sentences(text) or [text.strip()])
-    np.save(a.out, arr.astype(np.float32))
-    print(f"wrote {a.out} {tuple(arr.shape)}", file=sys.stderr)
-    return 0
+if __name__ == "__main__":  # `python -m edgekit.train.vectors`: the CLI lives in vectors_cli.py
+    from edgekit.train.vectors_cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())
