@@ -28,7 +28,9 @@ _N_INPUT, _N_OP = 1, 4
 _N_ATTR = 5
 _A_NAME, _A_T, _A_G, _A_GRAPHS = 1, 5, 6, 11
 _T_DIMS, _T_TYPE, _T_FLOAT, _T_INT32, _T_INT64, _T_NAME, _T_RAW, _T_DOUBLE, _T_LOCATION = 1, 2, 4, 5, 7, 8, 9, 10, 14
-_ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # by data_type
+# bits per element by TensorProto data_type (4-bit types pack two to a byte); strings (8) and unknown types unchecked
+_ITEM_BITS = {1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64, 14: 64, 15: 128,
+              16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4}
 _SMALL = 64  # constant int tensors read for their values (shapes, repeats, Range bounds) have few elements
 _MAX_DEPTH = 16  # subgraphs nested deeper are refused (edgekit's graphs nest one Loop)
 
@@ -155,7 +157,8 @@ class _Walk:
         n = t.elements()
         if n is None:
             self.fail(f"initializer {safe_text(t.name, 60)!r} has a negative dimension {t.dims}")
-        claimed = n * _ITEM_BYTES.get(t.dtype, 1)
+        bits = _ITEM_BITS.get(t.dtype)
+        claimed = (n * bits + 7) // 8 if bits else 0
         if not t.external and (claimed > t.raw_len if t.raw_len is not None else not t.carried and n > self.bound):
             self.fail(f"initializer {safe_text(t.name, 60)!r} claims {n:,} elements but carries {t.carried:,} bytes")
         if t.values is not None:
