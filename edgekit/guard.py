@@ -74,5 +74,5 @@ def quiet_onnxruntime() -> None:
     (a session's own failures still raise, and edgekit reports them in one line)."""
     import onnxruntime as ort
 
-    with contextlib.suppress(Exception):  # older onnxruntime builds lack the call; logging is then theirs
+    if hasattr(ort, "set_default_logger_severity"):  # older onnxruntime builds lack it; logging is then theirs
         ort.set_default_logger_severity(3)

@@ -307,13 +307,16 @@ def test_bad_model_and_port_in_use_are_one_error_line(tmp_path):
 
 def test_a_runtime_failure_is_a_500_for_that_request_only(tmp_path):
     """A file whose character table has ids the graph lacks: a prompt with such a character makes onnxruntime
-    fail inside the engine; that request gets a 500 and the others (one streaming at the time) go on."""
+    fail inside the engine; that request gets a 500 and the others (one streaming at the time) go on. Since
+    issue 24 a table wider than config.vocab_size is refused at load, so this file also claims 600 rows: the
+    claim passes the load checks and only the graph's Gather finds it false, at run time."""
     import onnx
 
     m = onnx.load(SOMA)
     prop = next(p for p in m.metadata_props if p.key == "edgekit")
     meta = json.loads(prop.value)
     meta["tokenizer"] = {"kind": "char", "itos": [chr(0x4E00 + i) for i in range(600)]}  # the graph has 576
+    meta["config"]["vocab_size"] = meta["vocab_size"] = 600
     prop.value = json.dumps(meta)
     onnx.save(m, tmp_path / "bad-table.onnx")
     ok, bad = chr(0x4E00 + 5) * 3, chr(0x4E00 + 590)
