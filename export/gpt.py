@@ -212,10 +212,11 @@ class GPTExport(pipeline.ExportSpec):
         return choice
 
     def skip_losers(self) -> bool:
-        """Always: auto takes the smallest passing scheme, so once one passes the larger ones cannot win;
-        not building them keeps onnxruntime's whole-model quantizers (int8-dynamic / -static, which hold
-        several copies of the fp32 model) out of the default export's memory and time."""
-        return True
+        """cpu: auto takes the first scheme that passes, in size order, and builds no larger one: that keeps
+        onnxruntime's whole-model quantizers (int8-dynamic / -static, several copies of the fp32 model) out
+        of the default export's memory and time. web: every candidate is built, since a passing one can
+        still be vetoed for its wasm speed (gpt_web.SPEED_VETO)."""
+        return not self.web
 
     def _progress(self, what: str):
         def show(i: int, n: int) -> None:

@@ -17,8 +17,8 @@
   timing noise here does not cross, and every measurement is recorded: a candidate more than the family's
   ``speed_veto`` times slower than fp32 is rejected, and a candidate within ``size_tie`` of the smallest
   replaces it only when it is ``SPEED_MARGIN`` times faster.
-- candidates are built smallest first; where the family says so (``skip_losers``, large models), a
-  candidate that cannot win (larger than a passing one by more than ``size_tie``) is not built at all.
+- candidates are built smallest first; where the family says so (``skip_losers``: GPT on the CPU), none is
+  built once one passes, so the first passing (the smallest) is chosen and no time or memory goes to the rest.
 - provenance (``provenance``): the checkpoint's file name (not its path), sha256, format, iteration and
   best validation loss; ``write_model`` adds the edgekit version and the metadata format.
 """
@@ -191,7 +191,7 @@ class _Run:
 
     def candidates(self, base: onnx.ModelProto, choice: Choice) -> dict[str, tuple[onnx.ModelProto, dict, dict, bool]]:
         """Build and check every candidate recipe: name -> (model, recipe, figures, passed) for those built.
-        With ``skip_losers``, once one passes, larger recipes (by more than size_tie) are not built."""
+        With ``skip_losers``, once one passes, the later (larger) recipes are not built."""
         built = {}
         for name in choice.candidates:
             passed = [common.model_bytes(v[0]) for v in built.values() if v[3]]
