@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -74,7 +75,8 @@ def _torchrun(tmp_path, mode: str) -> list[dict]:
                         f"--master_port={_free_port()}", str(script), mode], capture_output=True, text=True,
                        env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
-    results = [json.loads(ln.split("RESULT ", 1)[1]) for ln in r.stdout.splitlines() if "RESULT " in ln]
+    # the two ranks share stdout: their lines can interleave, so each result is decoded where it starts
+    results = [json.JSONDecoder().raw_decode(r.stdout, m.end())[0] for m in re.finditer("RESULT ", r.stdout)]
     assert sorted(x["rank"] for x in results) == [0, 1], r.stdout
     return sorted(results, key=lambda x: x["rank"])
 

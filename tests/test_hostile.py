@@ -15,10 +15,12 @@ The classes are the issue's: 1 outputs, 2 paths from files, 3 tokenizers, 4 size
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -61,36 +63,58 @@ def _rss(pid: int) -> int:
     return 0
 
 
+# A small launcher between pytest and the command: a process forked from pytest starts with pytest's RSS as
+# its high-water mark (Linux copies it at fork and keeps it across exec), so wait4 on it would report pytest's
+# size; the launcher, small after its exec, forks the command and reports the command's own ru_maxrss.
+LAUNCHER = """import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+with open(sys.argv[1] + ".pid", "w") as f:
+    f.write(str(pid))
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump([os.waitstatus_to_exitcode(status), usage.ru_maxrss], f)
+"""
+
+
 def edgekit(argv, *, cwd, env=None, stdin=None, timeout=45.0, module="edgekit") -> Outcome:
-    """``python -m edgekit argv`` in ``cwd``; peak memory from wait4's rusage, a watchdog for runaways."""
+    """``python -m edgekit argv`` in ``cwd``; peak memory from wait4's rusage (through LAUNCHER), a
+    watchdog for runaways."""
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"hostile-{os.getpid()}-{threading.get_ident()}"
     logs.mkdir(exist_ok=True)
-    out, err = logs / "stdout", logs / "stderr"
+    out, err, report = logs / "stdout", logs / "stderr", logs / "report.json"
+    for f in (report, logs / "report.json.pid"):
+        f.unlink(missing_ok=True)
     full_env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})}
     full_env.pop("EDGEKIT_DEBUG", None)
     with open(out, "wb") as fo, open(err, "wb") as fe:
         t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-m", module, *map(str, argv)], cwd=cwd, env=full_env,
-                             stdout=fo, stderr=fe, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE)
+        p = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(report), sys.executable, "-m", module,
+                              *map(str, argv)], cwd=cwd, env=full_env, stdout=fo, stderr=fe,
+                             stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE, start_new_session=True)
         if stdin is not None:
             p.stdin.write(stdin)
             p.stdin.close()
         killed = []
 
         def watch():
+            pid_file = logs / "report.json.pid"
             while p.returncode is None:
-                if _rss(p.pid) > KILL_RSS or time.monotonic() - t0 > timeout:
+                child = int(pid_file.read_text() or 0) if pid_file.exists() else 0
+                if (child and _rss(child) > KILL_RSS) or time.monotonic() - t0 > timeout:
                     killed.append(True)
-                    p.kill()
+                    with contextlib.suppress(OSError):
+                        os.killpg(p.pid, signal.SIGKILL)
                     return
                 time.sleep(0.02)
 
         threading.Thread(target=watch, daemon=True).start()
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
+        p.wait()
         seconds = time.monotonic() - t0
-    return Outcome(p.returncode, out.read_text(errors="replace"), err.read_text(errors="replace"),
-                   usage.ru_maxrss * 1024, seconds, bool(killed))
+    code, maxrss = json.loads(report.read_text()) if report.exists() else (p.returncode, 0)
+    return Outcome(code, out.read_text(errors="replace"), err.read_text(errors="replace"),
+                   maxrss * 1024, seconds, bool(killed))
 
 
 def snapshot(folder: Path) -> dict:
